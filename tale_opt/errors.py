@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+A `UsageError` is bad input that the user can fix (a config value, a path, a data file). The CLI
+prints its message on one line and exits with code 2, without a traceback unless `debug=true`.
+Messages say what is wrong, echo the value received, and say how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UsageError(Exception):
+    """Bad input at the boundary (CLI, config, data file, model path)."""
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """A " Did you mean 'x'? Available: a, b, c" suffix for unknown-name errors."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"{hint} Available: {', '.join(choices)}"
