@@ -1,0 +1,24 @@
+"""Pure layer-selection strategies.
+
+A searcher proposes candidates and is told results; it never evaluates anything itself and
+imports nothing from tale_opt except `tale_opt.types` (checked by tests/test_layering.py), so
+any process can rebuild it by replaying completed observations from storage.
+"""
+
+from searchers.base import Searcher
+from searchers.greedy import GreedyElimination
+from searchers.selection import ae_hm, pick_ae_hm, pick_best, pick_bsba
+
+REGISTRY: dict[str, type] = {
+    "tale": GreedyElimination,
+}
+
+__all__ = [
+    "REGISTRY",
+    "GreedyElimination",
+    "Searcher",
+    "ae_hm",
+    "pick_ae_hm",
+    "pick_best",
+    "pick_bsba",
+]

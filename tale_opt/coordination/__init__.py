@@ -1,0 +1,1 @@
+"""Driving a searcher: who evaluates its candidates, and where results are kept."""

@@ -1,0 +1,371 @@
+"""Task-accuracy evaluation of a (layer-dropped) causal LM: the one evaluator every searcher uses.
+
+Usage::
+
+    evaluator = Evaluator(model, tokenizer, task, scoring="letters", batch_size=32)
+    prepared = evaluator.prepare(splits.optimization)  # tokenizes once per run
+    result = evaluator.evaluate(prepared, DropSet((3, 7)))  # per candidate; no tokenizer calls
+
+Scoring modes:
+
+* ``generate``: greedy decoding (KV cache) of ``max_new_tokens`` tokens, parsed by the task;
+  unparseable text is invalid and wrong. The paper's decoder evaluation.
+* ``letters``: argmax over the answer-label tokens at the answer position (one forward, logits
+  of the last position only). Never invalid.
+* ``loglik``: lm-eval-style summed log-likelihood of each choice's continuation; also reports
+  ``accuracy_norm`` (log-likelihood divided by the continuation's length in characters).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from tale_opt.errors import UsageError, did_you_mean
+from tale_opt.evaluation.prompts import PromptEncoder, label_token_ids
+from tale_opt.evaluation.scoring import generate_texts, score_continuations, score_labels
+from tale_opt.model.surgery import dropped_layers
+from tale_opt.tasks.base import Example, Task
+from tale_opt.types import DropSet
+
+SCORING_MODES = frozenset({"generate", "letters", "loglik"})
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    """Examples tokenized once for one evaluator (and its scoring mode).
+
+    `label_ids` (letters) holds per example, per label, the candidate token ids;
+    `continuation_ids` (loglik) holds per example, per choice, the continuation's token ids.
+    """
+
+    scoring: str
+    examples: tuple[Example, ...]
+    prompt_ids: tuple[tuple[int, ...], ...]
+    label_ids: tuple[tuple[tuple[int, ...], ...], ...] = ()
+    continuation_ids: tuple[tuple[tuple[int, ...], ...], ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def n_prompt_tokens(self) -> int:
+        return sum(len(ids) for ids in self.prompt_ids)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One example's outcome. `prediction` is None when the output could not be parsed.
+
+    `scores` holds the per-choice log-probabilities for `letters` and `loglik` (empty for
+    `generate`); `text` is the generated text, the chosen label, or the chosen continuation.
+    """
+
+    example_id: str
+    prediction: Any | None
+    gold: Any | None
+    correct: bool
+    text: str
+    scores: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracy of one configuration on one prepared split; predictions in example order."""
+
+    scoring: str
+    accuracy: float
+    invalid_rate: float
+    n_examples: int
+    n_correct: int
+    n_invalid: int
+    predictions: list[Prediction] = field(repr=False)
+    seconds: float
+    accuracy_norm: float | None = None  # loglik only
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numeric metrics, as stored in `Observation.metrics`."""
+        metrics = {
+            "accuracy": self.accuracy,
+            "invalid_rate": self.invalid_rate,
+            "n_examples": float(self.n_examples),
+            "n_correct": float(self.n_correct),
+            "n_invalid": float(self.n_invalid),
+            "seconds": self.seconds,
+            "seconds_per_example": self.seconds / max(self.n_examples, 1),
+        }
+        if self.accuracy_norm is not None:
+            metrics["accuracy_norm"] = self.accuracy_norm
+        return metrics
+
+
+def _argmax(values: Sequence[float]) -> int:
+    # First maximum on ties, so the outcome does not depend on torch's argmax tie rule.
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+class Evaluator:
+    """Scores a task's examples with a causal LM, optionally with decoder layers dropped.
+
+    Args:
+        model: A Hugging Face causal LM of a family supported by `tale_opt.model.surgery`.
+        tokenizer: Its tokenizer (a chat template is used when present).
+        task: The task that renders, labels and parses examples.
+        scoring: ``"letters"``, ``"generate"`` or ``"loglik"`` (see the module docstring).
+        batch_size: Sequences per forward (``>= 1``); examples for letters/generate,
+            (example, choice) pairs for loglik.
+        max_new_tokens: Tokens to generate per example in ``generate`` mode (``>= 1``).
+        device: Where input tensors go; defaults to the device of the model's first parameter.
+
+    Raises:
+        UsageError: An unknown scoring mode, or a batch size / token budget below 1.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        task: Task,
+        *,
+        scoring: str = "letters",
+        batch_size: int = 32,
+        max_new_tokens: int = 1,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if scoring not in SCORING_MODES:
+            raise UsageError(
+                f"unknown scoring mode {scoring!r}.{did_you_mean(scoring, SCORING_MODES)}"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"`batch_size >= 1` must hold, but got batch_size={batch_size!r}")
+        if (
+            isinstance(max_new_tokens, bool)
+            or not isinstance(max_new_tokens, int)
+            or max_new_tokens < 1
+        ):
+            raise UsageError(
+                f"`max_new_tokens >= 1` must hold, but got max_new_tokens={max_new_tokens!r}"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.task = task
+        self.scoring = scoring
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.pad_id = _pad_id(tokenizer)
+        self.eos_ids = _eos_ids(model, tokenizer)
+
+    # -- tokenization, once per run -------------------------------------------------------
+    def prepare(self, examples: Sequence[Example]) -> PreparedSplit:
+        """Tokenize `examples` for this evaluator's scoring mode (once per run).
+
+        Raises:
+            UsageError: No examples; a multiple-choice example without labels (letters) or
+                with an empty continuation (loglik); labels that share a first token.
+        """
+        examples = tuple(examples)
+        if not examples:
+            raise UsageError("cannot evaluate an empty list of examples")
+        encoder = PromptEncoder(self.tokenizer)
+        prompt_ids = tuple(tuple(encoder.encode(self.task.messages(ex))) for ex in examples)
+        label_ids: list[tuple[tuple[int, ...], ...]] = []
+        continuation_ids: list[tuple[tuple[int, ...], ...]] = []
+        if self.scoring == "letters":
+            cache: dict[tuple[str, ...], tuple[tuple[int, ...], ...]] = {}
+            for ex in examples:
+                labels = tuple(self.task.labels(ex))
+                if not labels:
+                    raise UsageError(
+                        f"example {ex.id!r} has no answer labels; scoring=letters needs a "
+                        "multiple-choice task (use scoring=generate for generative tasks)"
+                    )
+                if labels not in cache:
+                    cache[labels] = label_token_ids(self.tokenizer, labels)
+                label_ids.append(cache[labels])
+        elif self.scoring == "loglik":
+            for ex in examples:
+                conts = tuple(self.task.continuations(ex))
+                ids = tuple(self._encode_continuation(ex, c) for c in conts)
+                if not ids:
+                    raise UsageError(
+                        f"example {ex.id!r} has no continuations; scoring=loglik needs a "
+                        "multiple-choice task"
+                    )
+                continuation_ids.append(ids)
+        return PreparedSplit(
+            self.scoring, examples, prompt_ids, tuple(label_ids), tuple(continuation_ids)
+        )
+
+    def _encode_continuation(self, example: Example, text: str) -> tuple[int, ...]:
+        # Tokenized on its own (no special tokens) so the prompt's tokens stay exactly those of
+        # the other modes; lm-eval does the same.
+        ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+        if not ids:
+            raise UsageError(
+                f"example {example.id!r} has a continuation that tokenizes to nothing: {text!r}"
+            )
+        return ids
+
+    # -- evaluation, once per candidate ---------------------------------------------------
+    def evaluate(
+        self, prepared: PreparedSplit, drop: DropSet = DropSet(), *, progress: bool | str = False
+    ) -> EvalResult:
+        """Evaluate the model with the layers in `drop` removed (restored afterwards).
+
+        Args:
+            prepared: The output of `prepare` of an evaluator with the same scoring mode.
+            drop: Decoder layers (0-based) to remove for this evaluation.
+            progress: Show a tqdm bar; a string is used as its description.
+
+        Returns:
+            The accuracy, invalid rate and per-example predictions in the original order.
+        """
+        if prepared.scoring != self.scoring:
+            raise UsageError(
+                f"the split was prepared for scoring={prepared.scoring!r}, but this evaluator "
+                f"scores with {self.scoring!r}; call prepare() on this evaluator"
+            )
+        n_rows = len(prepared)
+        if self.scoring == "loglik":
+            n_rows = sum(
+                1 if all(len(c) == 1 for c in conts) else len(conts)
+                for conts in prepared.continuation_ids
+            )
+        start = time.perf_counter()
+        with (
+            tqdm(
+                total=n_rows,
+                desc=progress if isinstance(progress, str) else None,
+                unit="seq",
+                disable=progress is False,
+            ) as bar,
+            _eval_mode(self.model),
+            dropped_layers(self.model, drop),
+            torch.inference_mode(),
+        ):
+            predictions = self._predict(prepared, bar.update)
+        return self._result(prepared, predictions, time.perf_counter() - start)
+
+    def _predict(self, prepared: PreparedSplit, advance: Any) -> list[Prediction]:
+        common = {
+            "batch_size": self.batch_size,
+            "pad_id": self.pad_id,
+            "device": self.device,
+            "progress": advance,
+        }
+        task, examples = self.task, prepared.examples
+        if self.scoring == "generate":
+            texts = generate_texts(
+                self.model,
+                self.tokenizer,
+                prepared.prompt_ids,
+                max_new_tokens=self.max_new_tokens,
+                eos_ids=self.eos_ids,
+                **common,
+            )
+            parsed = [task.parse(text, ex) for text, ex in zip(texts, examples, strict=True)]
+            return [
+                _prediction(task, ex, pred, text)
+                for ex, pred, text in zip(examples, parsed, texts, strict=True)
+            ]
+        if self.scoring == "letters":
+            all_scores = score_labels(
+                self.model, prepared.prompt_ids, prepared.label_ids, **common
+            )
+            chosen_text = [task.labels(ex) for ex in examples]
+        else:
+            all_scores = score_continuations(
+                self.model, prepared.prompt_ids, prepared.continuation_ids, **common
+            )
+            chosen_text = [task.continuations(ex) for ex in examples]
+        out = []
+        for ex, scores, texts in zip(examples, all_scores, chosen_text, strict=True):
+            choice = _argmax(scores)
+            out.append(_prediction(task, ex, choice, texts[choice], scores))
+        return out
+
+    def _result(
+        self, prepared: PreparedSplit, predictions: list[Prediction], seconds: float
+    ) -> EvalResult:
+        n = len(predictions)
+        n_correct = sum(p.correct for p in predictions)
+        n_invalid = sum(p.prediction is None for p in predictions)
+        accuracy_norm = None
+        if self.scoring == "loglik":
+            n_norm = 0
+            for ex, pred in zip(prepared.examples, predictions, strict=True):
+                lengths = [max(len(c), 1) for c in self.task.continuations(ex)]
+                normed = [s / length for s, length in zip(pred.scores, lengths, strict=True)]
+                n_norm += _is_correct(self.task, _argmax(normed), ex)
+            accuracy_norm = n_norm / n
+        return EvalResult(
+            scoring=self.scoring,
+            accuracy=n_correct / n,
+            invalid_rate=n_invalid / n,
+            n_examples=n,
+            n_correct=n_correct,
+            n_invalid=n_invalid,
+            predictions=predictions,
+            seconds=seconds,
+            accuracy_norm=accuracy_norm,
+        )
+
+
+def _is_correct(task: Task, prediction: Any | None, example: Example) -> bool:
+    # An unparseable output is wrong whatever the task's is_correct says about None.
+    return prediction is not None and bool(task.is_correct(prediction, example))
+
+
+def _prediction(
+    task: Task, ex: Example, pred: Any | None, text: str, scores: Sequence[float] = ()
+) -> Prediction:
+    gold = ex.answer_index if ex.answer_index is not None else ex.answer
+    return Prediction(ex.id, pred, gold, _is_correct(task, pred, ex), text, tuple(scores))
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the evaluation; the caller's train/eval mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _pad_id(tokenizer: Any) -> int:
+    # Padding is masked out, so any id works; prefer the tokenizer's own pad, then EOS.
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
+def _eos_ids(model: nn.Module, tokenizer: Any) -> frozenset[int]:
+    """EOS ids from the generation config (Llama-3 lists several) and the tokenizer."""
+    ids: set[int] = set()
+    generation_config = getattr(model, "generation_config", None)
+    configured = getattr(generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured is not None:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)

@@ -1,0 +1,124 @@
+"""Result files of one search, written as the search goes.
+
+* `candidate_results.csv` gets one line per finished candidate, flushed and fsynced, so a
+  crash never loses a finished evaluation.
+* `accepted_configs.json` and `summary.json` are replaced atomically (write a temp file,
+  then `os.replace`), so a reader never sees a half-written file. `summary.json` appears
+  only when the whole search, held-out evaluation included, has finished: its presence is
+  what marks a run directory as a complete result.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tale_opt.types import Observation
+
+CANDIDATE_FIELDS = (
+    "round", "drop_key", "n_dropped", "status", "score", "accuracy", "invalid_rate",
+    "n_examples", "n_correct", "seconds",
+)  # fmt: skip
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON so that `path` holds either the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=False, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def observation_record(obs: Observation) -> dict[str, Any]:
+    """JSON-friendly view of an observation (same field names as the reference's files)."""
+    return {
+        "drop_layers": list(obs.drop.layers),
+        "n_dropped": len(obs.drop),
+        "status": obs.status.value,
+        "score": obs.score,
+        **dict(obs.metrics),
+    }
+
+
+class RunWriter:
+    """Owns the result files of one search in `directory`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.predictions_dir = self.directory / "predictions"
+        self._csv_path = self.directory / "candidate_results.csv"
+        new = not self._csv_path.exists()
+        self._csv = self._csv_path.open("a", newline="")
+        self._rows = csv.DictWriter(self._csv, fieldnames=CANDIDATE_FIELDS, extrasaction="ignore")
+        if new:
+            self._rows.writeheader()
+            self._flush()
+
+    def _flush(self) -> None:
+        self._csv.flush()
+        os.fsync(self._csv.fileno())
+
+    def record_candidate(self, obs: Observation, round_no: int) -> None:
+        metrics = dict(obs.metrics)
+        self._rows.writerow(
+            {
+                "round": round_no,
+                "drop_key": obs.drop.key,
+                "n_dropped": len(obs.drop),
+                "status": obs.status.value,
+                "score": obs.score,
+                **metrics,
+            }
+        )
+        self._flush()
+
+    def write_accepted(self, trajectory: Sequence[Observation], threshold: float | None) -> None:
+        write_json_atomic(
+            self.directory / "accepted_configs.json",
+            {
+                "threshold": threshold,
+                "accepted": [
+                    {"round": i, **observation_record(obs)} for i, obs in enumerate(trajectory)
+                ],
+            },
+        )
+
+    def write_predictions(self, name: str, rows: Iterable[Mapping[str, Any]]) -> Path:
+        """One JSON line per example; written to a temp file and renamed when complete."""
+        self.predictions_dir.mkdir(exist_ok=True)
+        path = self.predictions_dir / f"{name}.jsonl"
+        fd, tmp = tempfile.mkstemp(dir=self.predictions_dir, prefix=f".{name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            for row in rows:
+                handle.write(json.dumps(dict(row), default=str) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    def write_summary(self, summary: Mapping[str, Any]) -> Path:
+        path = self.directory / "summary.json"
+        write_json_atomic(path, dict(summary))
+        return path
+
+    def close(self) -> None:
+        if not self._csv.closed:
+            self._csv.close()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

