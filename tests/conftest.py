@@ -1,7 +1,8 @@
 """Shared test fixtures: offline environment, tiny random-init models, the packaged SmolLM2.
 
 Tiny models are built from config (no download) so every family the surgery supports can be
-tested in well under a second. Use the factory fixtures `tiny_model` / `tiny_config` / `tiny_tokenizer`.
+tested in well under a second. Use the factory fixtures `tiny_model`, `tiny_config` and
+`tiny_tokenizer`.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 import os
 
 # Set before transformers/datasets are imported anywhere: an online lookup wastes ~23 s per miss.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -76,7 +77,9 @@ def make_tiny_model(family: str = "llama", seed: int = 0, **overrides: Any) -> t
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(make_tiny_config(family, **overrides), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(
+        make_tiny_config(family, **overrides), dtype=torch.float32
+    )
     return model.eval()
 
 
@@ -85,7 +88,9 @@ def make_tiny_tokenizer() -> Any:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    chars = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:?!'\"()-+=*/\n")
+    chars = list(
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:?!'\"()-+=*/\n"
+    )
     vocab = {tok: i for i, tok in enumerate(["<pad>", "<s>", "</s>", "<unk>", *chars])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,12 +30,14 @@ from tqdm.auto import tqdm
 
 from tale_opt.errors import UsageError, did_you_mean
 from tale_opt.evaluation.prompts import PromptEncoder, label_token_ids
+from tale_opt.evaluation.results import EvalResult, Prediction
 from tale_opt.evaluation.scoring import generate_texts, score_continuations, score_labels
 from tale_opt.model.surgery import dropped_layers
 from tale_opt.tasks.base import Example, Task
 from tale_opt.types import DropSet
 
 SCORING_MODES = frozenset({"generate", "letters", "loglik"})
+_NO_DROP = DropSet()
 
 
 @dataclass(frozen=True)
@@ -58,52 +60,6 @@ class PreparedSplit:
     @property
     def n_prompt_tokens(self) -> int:
         return sum(len(ids) for ids in self.prompt_ids)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One example's outcome. `prediction` is None when the output could not be parsed.
-
-    `scores` holds the per-choice log-probabilities for `letters` and `loglik` (empty for
-    `generate`); `text` is the generated text, the chosen label, or the chosen continuation.
-    """
-
-    example_id: str
-    prediction: Any | None
-    gold: Any | None
-    correct: bool
-    text: str
-    scores: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Accuracy of one configuration on one prepared split; predictions in example order."""
-
-    scoring: str
-    accuracy: float
-    invalid_rate: float
-    n_examples: int
-    n_correct: int
-    n_invalid: int
-    predictions: list[Prediction] = field(repr=False)
-    seconds: float
-    accuracy_norm: float | None = None  # loglik only
-
-    def metrics(self) -> dict[str, float]:
-        """Flat numeric metrics, as stored in `Observation.metrics`."""
-        metrics = {
-            "accuracy": self.accuracy,
-            "invalid_rate": self.invalid_rate,
-            "n_examples": float(self.n_examples),
-            "n_correct": float(self.n_correct),
-            "n_invalid": float(self.n_invalid),
-            "seconds": self.seconds,
-            "seconds_per_example": self.seconds / max(self.n_examples, 1),
-        }
-        if self.accuracy_norm is not None:
-            metrics["accuracy_norm"] = self.accuracy_norm
-        return metrics
 
 
 def _argmax(values: Sequence[float]) -> int:
@@ -216,7 +172,7 @@ class Evaluator:
 
     # -- evaluation, once per candidate ---------------------------------------------------
     def evaluate(
-        self, prepared: PreparedSplit, drop: DropSet = DropSet(), *, progress: bool | str = False
+        self, prepared: PreparedSplit, drop: DropSet = _NO_DROP, *, progress: bool | str = False
     ) -> EvalResult:
         """Evaluate the model with the layers in `drop` removed (restored afterwards).
 

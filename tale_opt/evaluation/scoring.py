@@ -51,9 +51,7 @@ def score_labels(
     for batch in length_sorted_batches(prompts, batch_size, pad_id):
         logprobs = torch.log_softmax(_forward_logits(model, batch.to(device), 1)[:, -1], -1)
         for r, row in enumerate(batch.rows):
-            scores[row] = tuple(
-                logprobs[r, list(ids)].max().item() for ids in label_ids[row]
-            )
+            scores[row] = tuple(logprobs[r, list(ids)].max().item() for ids in label_ids[row])
         progress(len(batch.rows))
     return scores
 
@@ -102,7 +100,9 @@ def score_continuations(
             n = len(continuations[i][j])
             # Logits at position t predict token t+1: positions -(n+1)..-2 score the last n.
             pred = logits[r, -(n + 1) : -1]
-            token_lp = pred.gather(-1, targets[r, -n:, None]).squeeze(-1) - log_norm[r, -(n + 1) : -1]
+            token_lp = (
+                pred.gather(-1, targets[r, -n:, None]).squeeze(-1) - log_norm[r, -(n + 1) : -1]
+            )
             scores[i][j] = token_lp.sum().item()
         progress(len(batch.rows))
     return [tuple(s) for s in scores]

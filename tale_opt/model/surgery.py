@@ -93,6 +93,16 @@ class _Saved:
     heterogeneity_spec: Any | None
 
 
+def kept_layers(model: nn.Module, drop: DropSet) -> tuple[int, ...]:
+    """The 0-based indices of the layers that remain after removing `drop` from `model`.
+
+    Raises:
+        UsageError: The architecture is not supported.
+        ValueError: A layer index is out of range, or `drop` would remove every layer.
+    """
+    return _validate(drop, num_decoder_layers(model))
+
+
 def _validate(drop: DropSet, num_layers: int) -> tuple[int, ...]:
     keep = drop.kept(num_layers)  # raises ValueError naming the out-of-range index
     if not keep:
@@ -135,7 +145,7 @@ def _mutate(model: nn.Module, owner: Any, attr: str, keep: tuple[int, ...], save
     for j, layer in enumerate(new_layers):
         attn = _attn(layer)
         if attn is not None and hasattr(attn, "layer_idx"):
-            pass
+            attn.layer_idx = j
     setattr(owner, attr, new_layers)
     config = model.config
     config.num_hidden_layers = len(keep)

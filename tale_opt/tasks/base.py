@@ -37,6 +37,8 @@ class Splits:
     optimization: Sequence[Example]
     evaluation: Sequence[Example]
     fingerprint: str  # hash of both splits' example ids, for study/run identity
+    # How the splits were drawn (pool sizes, duplicates dropped, overlap excluded), for reports.
+    info: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Task(Protocol):

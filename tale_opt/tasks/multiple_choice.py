@@ -1,0 +1,244 @@
+"""One generic multiple-choice task: rows -> Examples, Examples -> chat messages, text -> score.
+
+Everything dataset-specific (which columns hold the choices and the gold answer, the prompt
+wording, the label set) comes from configuration, so ARC, MMLU, BoolQ, CommonsenseQA and
+Winogrande are the same class with different YAML.
+
+Display labels are assigned by position by default (A, B, C, ...), so an ARC item whose data
+labels are 1-4 is shown and scored as A-D; ``label_source: dataset`` shows the data's own labels
+where the row format has them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from tale_opt.errors import UsageError
+from tale_opt.tasks.answer_parsing import parse_choice
+from tale_opt.tasks.base import Example, Message
+from tale_opt.tasks.row_formats import RowError, resolve_row_format
+from tale_opt.tasks.sources import require_columns
+
+LABEL_SOURCES = ("position", "dataset")
+SCORING_MODES = ("generate", "letters", "loglik")
+# Template placeholders filled by the task itself, not by row columns.
+RESERVED_FIELDS = ("choices",)
+DEFAULT_LABELS = tuple("ABCDEFGHIJKLMNOPQRST")
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Everything that shapes a multiple-choice prompt (all of it enters `prompt_version`).
+
+    Attributes:
+        user: ``str.format`` template of the user turn; placeholders are row columns plus
+            ``{choices}`` (the rendered option lines).
+        system: System prompt, or None for no system turn. Used verbatim (no placeholders).
+        choice_format: Format of one option line, with ``{label}`` and ``{text}``.
+        choice_separator: Joins the option lines.
+        labels: Display labels, assigned to choices by position.
+        label_source: ``position`` (labels above) or ``dataset`` (the row's own labels when its
+            row format has them, else by position).
+        continuation_prefix: Prepended to each choice text for log-likelihood scoring.
+    """
+
+    user: str
+    system: str | None = None
+    choice_format: str = "{label}. {text}"
+    choice_separator: str = "\n"
+    labels: tuple[str, ...] = DEFAULT_LABELS
+    label_source: str = "position"
+    continuation_prefix: str = " "
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(str(label) for label in self.labels))
+        if self.label_source not in LABEL_SOURCES:
+            raise UsageError(
+                f"task.prompt.label_source must be one of {LABEL_SOURCES}, "
+                f"but got {self.label_source!r}"
+            )
+        if len(set(self.labels)) != len(self.labels) or not self.labels:
+            raise UsageError(f"task.prompt.labels must be unique and non-empty: {self.labels}")
+        _template_fields(self.choice_format, "task.prompt.choice_format", {"label", "text"})
+
+
+class MultipleChoiceTask:
+    """A multiple-choice task driven by a row format and a prompt spec.
+
+    Args:
+        name: Task name (used in run names and study fingerprints).
+        prompt: How examples are rendered.
+        row_format: Default row format spec (``{"name": ..., <options>}``); a source may
+            bring its own when its rows have a different shape.
+        scoring: Optional task-specific scoring overrides for the evaluator (``mode``: one
+            of generate, letters, loglik; ``max_new_tokens``). The run-wide defaults live in
+            the ``eval`` config group; empty when the task needs nothing special.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        prompt: PromptSpec,
+        row_format: Mapping[str, Any],
+        scoring: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.prompt = prompt
+        self.row_format = dict(row_format)
+        resolve_row_format(self.row_format)  # validate early, before any data is read
+        self.scoring = dict(scoring or {})
+        if "mode" in self.scoring and self.scoring["mode"] not in SCORING_MODES:
+            raise UsageError(
+                f"task.scoring.mode must be one of {SCORING_MODES}, "
+                f"but got {self.scoring.get('mode')!r}"
+            )
+        self.template_fields = _template_fields(prompt.user, "task.prompt.user")
+        self.prompt_version = _short_hash({"prompt": asdict(prompt), "rows": self.row_format})
+
+    # -- data -----------------------------------------------------------------------------
+
+    def to_examples(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        origin: str,
+        row_format: Mapping[str, Any] | None = None,
+    ) -> list[Example]:
+        """Turn source rows into Examples, checking columns and gold answers.
+
+        Args:
+            rows: Rows from `sources.load_rows`.
+            origin: Where the rows came from, for error messages and `Example.meta`.
+            row_format: The source's own row format spec, if it differs from the task's.
+
+        Raises:
+            UsageError: a row lacks a needed column, or its gold answer is not a choice.
+        """
+        fmt, options = resolve_row_format(row_format or self.row_format)
+        template_columns = [f for f in self.template_fields if f not in RESERVED_FIELDS]
+        require_columns(rows, [*fmt.required_columns(options), *template_columns], origin)
+        # The gold column stays out of `fields`, so a prompt can never show the answer.
+        if options["answer"] in template_columns:
+            raise UsageError(
+                f"task.prompt.user uses {{{options['answer']}}}, the gold answer column; "
+                f"remove it from the template"
+            )
+        hidden = {options["answer"]}
+        examples = []
+        for index, row in enumerate(rows):
+            try:
+                extracted = fmt.extract(row, options)
+            except RowError as err:
+                raise UsageError(
+                    f"source {origin} row {index} (id {row.get(options['id'])!r}) does not fit "
+                    f"row format '{fmt.name}': {err}"
+                ) from None
+            if len(extracted.choices) > len(self.prompt.labels):
+                raise UsageError(
+                    f"source {origin} row {index} has {len(extracted.choices)} choices but "
+                    f"task.prompt.labels has only {len(self.prompt.labels)}; add labels"
+                )
+            fields = {k: v for k, v in row.items() if k not in hidden}
+            example = Example(
+                id="",
+                fields=fields,
+                choices=extracted.choices,
+                answer_index=extracted.answer_index,
+                meta={"source": origin, "native_labels": extracted.native_labels},
+            )
+            native_id = row.get(options["id"])
+            if native_id is None or str(native_id) == "":
+                # No native id: the content is the identity, so equal items get equal ids.
+                digest = hashlib.sha256(self.content_key(example).encode()).hexdigest()
+                native_id = "sha256:" + digest[:16]
+            examples.append(replace(example, id=str(native_id)))
+        return examples
+
+    def content_key(self, example: Example) -> str:
+        """Normalized prompt content (template fields + choices), for duplicate detection."""
+        columns = (f for f in self.template_fields if f not in RESERVED_FIELDS)
+        parts = [_normalize(example.fields.get(f, "")) for f in columns]
+        parts += [_normalize(choice) for choice in example.choices]
+        return "\x1f".join(parts)
+
+    # -- Task protocol ----------------------------------------------------------------------
+
+    def messages(self, example: Example) -> list[Message]:
+        """Chat messages: the optional system prompt, then the rendered user turn."""
+        user = self.prompt.user.format(
+            **{**example.fields, "choices": self.render_choices(example)}
+        )
+        messages: list[Message] = []
+        if self.prompt.system:
+            messages.append({"role": "system", "content": self.prompt.system})
+        messages.append({"role": "user", "content": user})
+        return messages
+
+    def render_choices(self, example: Example) -> str:
+        """The option lines, e.g. ``"A. cat\\nB. dog"``."""
+        lines = (
+            self.prompt.choice_format.format(label=label, text=text)
+            for label, text in zip(self.labels(example), example.choices, strict=True)
+        )
+        return self.prompt.choice_separator.join(lines)
+
+    def labels(self, example: Example) -> tuple[str, ...]:
+        """Display labels of the example's choices, in order."""
+        native = tuple(example.meta.get("native_labels", ()))
+        if self.prompt.label_source == "dataset" and len(native) == len(example.choices):
+            return native
+        return self.prompt.labels[: len(example.choices)]
+
+    def continuations(self, example: Example) -> tuple[str, ...]:
+        """The choice texts with `continuation_prefix`, for log-likelihood scoring."""
+        return tuple(self.prompt.continuation_prefix + text for text in example.choices)
+
+    def parse(self, text: str, example: Example) -> int | None:
+        """The choice index named by generated text, or None when invalid."""
+        return parse_choice(text, self.labels(example), example.choices)
+
+    def is_correct(self, prediction: Any | None, example: Example) -> bool:
+        """Whether a parsed prediction (a choice index) is the gold choice."""
+        return prediction is not None and prediction == example.answer_index
+
+
+def _template_fields(
+    template: str, where: str, allowed: set[str] | None = None
+) -> tuple[str, ...]:
+    """Named placeholders of a str.format template, in order of first use."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise UsageError(f"{where} is not a valid format template ({err}): {template!r}") from None
+    names: list[str] = []
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        root = name.split(".")[0].split("[")[0]
+        if not root.isidentifier():
+            raise UsageError(
+                f"{where} placeholders must be column names like {{question}}, but got "
+                f"{{{name}}} in {template!r} (write {{{{ and }}}} for literal braces)"
+            )
+        if allowed is not None and root not in allowed:
+            raise UsageError(f"{where} may only use {sorted(allowed)}, but got {{{name}}}")
+        if root not in names:
+            names.append(root)
+    return tuple(names)
+
+
+def _normalize(value: Any) -> str:
+    return " ".join(unicodedata.normalize("NFKC", str(value)).casefold().split())
+
+
+def _short_hash(payload: Any) -> str:
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+__all__ = ["MultipleChoiceTask", "PromptSpec"]

@@ -1,0 +1,208 @@
+"""Seeded, disjoint optimization and evaluation splits.
+
+Two ways to draw them:
+
+* two sources (e.g. ARC-Easy validation for optimization, test for evaluation): each pool is
+  shuffled with its own seeded stream and the first ``n`` items are taken;
+* one source: the pool is shuffled once and cut into consecutive parts (first ``n_opt`` for
+  optimization, the next ``n_eval`` for evaluation).
+
+Disjointness holds by construction and is checked anyway, on example ids AND normalized content
+(so the same item stored under different ids in two files is caught). Within a pool, repeated
+items are dropped first (MMLU's test set repeats questions), which is what makes the one-source
+cut disjoint by content.
+
+The parts are named and ordered (`_cut`), so a later few-shot pool is one more named part drawn
+from the optimization side without touching how the other two are drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from tale_opt.errors import UsageError
+from tale_opt.tasks.base import Example, Splits
+
+OVERLAP_POLICIES = ("error", "exclude")
+ContentKey = Callable[[Example], str]
+
+
+def default_content_key(example: Example) -> str:
+    """Normalized string fields + choices; tasks pass a sharper key (their template fields)."""
+    parts = [" ".join(str(v).casefold().split()) for _, v in sorted(example.fields.items())]
+    return "\x1f".join(parts + [" ".join(c.casefold().split()) for c in example.choices])
+
+
+def build_splits(
+    optimization_pool: Sequence[Example],
+    evaluation_pool: Sequence[Example] | None,
+    *,
+    n_opt: int | None,
+    n_eval: int | None,
+    seed: int,
+    content_key: ContentKey = default_content_key,
+    on_overlap: str = "error",
+) -> Splits:
+    """Draw the optimization and evaluation splits.
+
+    Args:
+        optimization_pool: Examples the optimization split is drawn from; with
+            ``evaluation_pool=None`` this single pool is partitioned for both splits.
+        evaluation_pool: Examples the evaluation split is drawn from, or None.
+        n_opt: Optimization split size; None or -1 means all that is available (with one
+            source: all that remains after ``n_eval``).
+        n_eval: Evaluation split size; None or -1 as above.
+        seed: Shuffle seed; the same seed gives the same splits.
+        content_key: Maps an example to its normalized content, for duplicate detection.
+        on_overlap: With two pools, what to do with items present in both: ``error``, or
+            ``exclude`` them from the optimization pool (the evaluation set stays whole).
+
+    Raises:
+        UsageError: a size <= 0 or larger than the pool, overlapping pools under
+            ``on_overlap=error``, or one id used for two different items.
+    """
+    n_opt, n_eval = check_size("n_opt", n_opt), check_size("n_eval", n_eval)
+    check_overlap_policy(on_overlap)
+    opt_pool, opt_dups = _dedupe(optimization_pool, content_key, "optimization")
+    info: dict[str, Any] = {"seed": seed, "duplicates_dropped": {"optimization": opt_dups}}
+
+    if evaluation_pool is None:
+        info["pool_sizes"] = {"shared": len(opt_pool)}
+        n_opt, n_eval = _fit_shared(len(opt_pool), n_opt, n_eval)
+        parts = _cut(opt_pool, {"optimization": n_opt, "evaluation": n_eval}, seed, "shared")
+    else:
+        eval_pool, eval_dups = _dedupe(evaluation_pool, content_key, "evaluation")
+        info["duplicates_dropped"]["evaluation"] = eval_dups
+        shared = _overlap(opt_pool, eval_pool, content_key)
+        if shared and on_overlap == "error":
+            raise UsageError(
+                f"the optimization and evaluation sources share {len(shared)} item(s) "
+                f"(by id or content), e.g. id {shared[0]!r}; use disjoint sources, or set "
+                f"task.on_overlap=exclude to drop them from the optimization pool"
+            )
+        shared_ids = set(shared)
+        opt_pool = [e for e in opt_pool if e.id not in shared_ids]
+        info["overlap_excluded"] = len(shared)
+        info["pool_sizes"] = {"optimization": len(opt_pool), "evaluation": len(eval_pool)}
+        parts = {
+            **_cut(opt_pool, {"optimization": _fit("n_opt", n_opt, len(opt_pool))}, seed, "opt"),
+            **_cut(
+                eval_pool, {"evaluation": _fit("n_eval", n_eval, len(eval_pool))}, seed, "eval"
+            ),
+        }
+
+    clash = _overlap(parts["optimization"], parts["evaluation"], content_key)
+    if clash:  # unreachable unless the code above is wrong; the check is cheap, so keep it
+        raise UsageError(f"optimization and evaluation splits overlap on {len(clash)} item(s)")
+    return Splits(
+        optimization=tuple(parts["optimization"]),
+        evaluation=tuple(parts["evaluation"]),
+        fingerprint=fingerprint(parts),
+        info=info,
+    )
+
+
+def fingerprint(parts: Mapping[str, Sequence[Example]]) -> str:
+    """sha256 over the ordered example ids of every part (order and membership both count)."""
+    payload = [[name, [e.id for e in examples]] for name, examples in parts.items()]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+def check_size(name: str, value: Any) -> int | None:
+    """A validated split size: a positive int, or None for all available (null or -1)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value == -1):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UsageError(
+            f"task.{name} must be a positive integer, or null/-1 for all available, "
+            f"but got {value!r}"
+        )
+    return value
+
+
+def check_overlap_policy(value: Any) -> None:
+    """Raise a UsageError unless `value` is a known `on_overlap` policy."""
+    if value not in OVERLAP_POLICIES:
+        raise UsageError(f"task.on_overlap must be one of {OVERLAP_POLICIES}, got {value!r}")
+
+
+def _fit(name: str, size: int | None, available: int) -> int:
+    if size is None:
+        return available
+    if size > available:
+        raise UsageError(
+            f"task.{name}={size} is larger than the {available} examples available; "
+            f"set {name}={available} or less (or null for all)"
+        )
+    return size
+
+
+def _fit_shared(total: int, n_opt: int | None, n_eval: int | None) -> tuple[int, int]:
+    if n_opt is None and n_eval is None:
+        raise UsageError(
+            "with a single source, at most one of task.n_opt / task.n_eval may be null "
+            f"(all remaining), but both are; set e.g. n_opt=48 (the source has {total} examples)"
+        )
+    n_opt = total - n_eval if n_opt is None else n_opt  # type: ignore[operator]
+    n_eval = total - n_opt if n_eval is None else n_eval
+    if n_opt <= 0 or n_eval <= 0 or n_opt + n_eval > total:
+        raise UsageError(
+            f"task.n_opt={n_opt} + task.n_eval={n_eval} needs {n_opt + n_eval} examples but "
+            f"the source has {total}; lower them so n_opt + n_eval <= {total} "
+            f"(e.g. n_opt={min(n_opt, total // 5) or 1}, n_eval=null)"
+        )
+    return n_opt, n_eval
+
+
+def _cut(
+    pool: Sequence[Example], sizes: Mapping[str, int], seed: int, stream: str
+) -> dict[str, list[Example]]:
+    """Shuffle `pool` with a seeded stream and cut consecutive named parts, in order."""
+    order = list(pool)
+    # A string seed is hashed deterministically (sha512), unlike hash(), so runs agree.
+    random.Random(f"tale_opt/{stream}/{seed}").shuffle(order)
+    parts: dict[str, list[Example]] = {}
+    start = 0
+    for name, size in sizes.items():
+        parts[name] = order[start : start + size]
+        start += size
+    return parts
+
+
+def _dedupe(
+    pool: Sequence[Example], content_key: ContentKey, role: str
+) -> tuple[list[Example], int]:
+    """Drop repeated items (same content), keeping the first; an id reused for different
+    content is a data error, since prediction files and checks key on ids."""
+    seen_content: set[str] = set()
+    content_of_id: dict[str, str] = {}
+    kept: list[Example] = []
+    for example in pool:
+        key = content_key(example)
+        if example.id in content_of_id and content_of_id[example.id] != key:
+            raise UsageError(
+                f"the {role} source uses id {example.id!r} for two different items; ids must be "
+                f"unique (or set task.row_format.id: null to use content hashes as ids)"
+            )
+        content_of_id[example.id] = key
+        if key not in seen_content:
+            seen_content.add(key)
+            kept.append(example)
+    return kept, len(pool) - len(kept)
+
+
+def _overlap(
+    left: Sequence[Example], right: Sequence[Example], content_key: ContentKey
+) -> list[str]:
+    """Ids of `left` items that appear in `right` by id or by normalized content (sha256)."""
+    right_ids = {e.id for e in right}
+    right_content = {_digest(content_key(e)) for e in right}
+    return [e.id for e in left if e.id in right_ids or _digest(content_key(e)) in right_content]
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
