@@ -31,7 +31,13 @@ from tqdm.auto import tqdm
 from tale_opt.errors import UsageError, did_you_mean
 from tale_opt.evaluation.prompts import PromptEncoder, label_token_ids
 from tale_opt.evaluation.results import EvalResult, Prediction
-from tale_opt.evaluation.scoring import generate_texts, score_continuations, score_labels
+from tale_opt.evaluation.scoring import (
+    Progress,
+    generate_texts,
+    loglik_sequence_count,
+    score_continuations,
+    score_labels,
+)
 from tale_opt.model.surgery import dropped_layers
 from tale_opt.tasks.base import Example, Task
 from tale_opt.types import DropSet
@@ -191,10 +197,7 @@ class Evaluator:
             )
         n_rows = len(prepared)
         if self.scoring == "loglik":
-            n_rows = sum(
-                1 if all(len(c) == 1 for c in conts) else len(conts)
-                for conts in prepared.continuation_ids
-            )
+            n_rows = loglik_sequence_count(prepared.continuation_ids)
         start = time.perf_counter()
         with (
             tqdm(
@@ -210,7 +213,7 @@ class Evaluator:
             predictions = self._predict(prepared, bar.update)
         return self._result(prepared, predictions, time.perf_counter() - start)
 
-    def _predict(self, prepared: PreparedSplit, advance: Any) -> list[Prediction]:
+    def _predict(self, prepared: PreparedSplit, advance: Progress) -> list[Prediction]:
         common = {
             "batch_size": self.batch_size,
             "pad_id": self.pad_id,

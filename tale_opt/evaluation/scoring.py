@@ -56,6 +56,32 @@ def score_labels(
     return scores
 
 
+def _shares_context(continuations: Sequence[TokenIds]) -> bool:
+    return all(len(c) == 1 for c in continuations)
+
+
+def _loglik_rows(
+    prompts: Sequence[TokenIds], continuations: Sequence[Sequence[TokenIds]]
+) -> tuple[list[tuple[int, int | None]], list[list[int]]]:
+    """Rows (prompt index, choice index) with their sequences; choice None = prompt alone."""
+    rows: list[tuple[int, int | None]] = []
+    sequences: list[list[int]] = []
+    for i, (prompt, conts) in enumerate(zip(prompts, continuations, strict=True)):
+        if _shares_context(conts):
+            rows.append((i, None))
+            sequences.append(list(prompt))
+        else:
+            for j, cont in enumerate(conts):
+                rows.append((i, j))
+                sequences.append([*prompt, *cont])
+    return rows, sequences
+
+
+def loglik_sequence_count(continuations: Sequence[Sequence[TokenIds]]) -> int:
+    """How many sequences `score_continuations` runs (for progress bars)."""
+    return sum(1 if _shares_context(conts) else len(conts) for conts in continuations)
+
+
 def score_continuations(
     model: nn.Module,
     prompts: Sequence[TokenIds],
@@ -72,18 +98,7 @@ def score_continuations(
     prompt is a single token, the prompt alone costs one forward: by causality the logits at its
     last position are the ones that would score each one-token continuation.
     """
-    # A row is (prompt index, choice index), or (prompt index, None) for a shared-context prompt.
-    rows: list[tuple[int, int | None]] = []
-    sequences: list[list[int]] = []
-    for i, (prompt, conts) in enumerate(zip(prompts, continuations, strict=True)):
-        if all(len(c) == 1 for c in conts):
-            rows.append((i, None))
-            sequences.append(list(prompt))
-        else:
-            for j, cont in enumerate(conts):
-                rows.append((i, j))
-                sequences.append([*prompt, *cont])
-
+    rows, sequences = _loglik_rows(prompts, continuations)
     scores: list[list[float]] = [[0.0] * len(conts) for conts in continuations]
     for batch in length_sorted_batches(sequences, batch_size, pad_id):
         batch_rows = [rows[k] for k in batch.rows]
