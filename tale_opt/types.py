@@ -90,7 +90,7 @@ class Candidate:
         return f"{self.probe}:{self.drop.key}"
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     COMPLETE = "complete"
     # Evaluation stopped early because the candidate provably cannot beat the incumbent;
     # `score` is then an upper bound on the score a full evaluation would give.

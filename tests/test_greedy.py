@@ -134,8 +134,9 @@ def test_greedy_never_accepts_below_the_threshold(effects, epsilon_steps):
     # Each accepted config is the argmax of its round.
     for prev, nxt in zip(result.trajectory, result.trajectory[1:], strict=False):
         round_scores = [
-            o.score for o in result.observations if len(o.drop) == len(nxt.drop)
-            and set(prev.drop) < set(o.drop)
+            o.score
+            for o in result.observations
+            if len(o.drop) == len(nxt.drop) and set(prev.drop) < set(o.drop)
         ]
         assert nxt.score == max(round_scores)
 
