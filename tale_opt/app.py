@@ -44,12 +44,14 @@ def build_searcher(cfg: Mapping[str, Any], num_layers: int) -> searchers.Searche
     name = options.pop("name", None)
     cls = searchers.REGISTRY.get(name)
     if cls is None:
-        raise UsageError(f"unknown searcher {name!r}.{did_you_mean(str(name), searchers.REGISTRY)}")
+        hint = did_you_mean(str(name), searchers.REGISTRY)
+        raise UsageError(f"unknown searcher {name!r}.{hint}")
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "num_layers"}
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise UsageError(
-            f"searcher '{name}' has no option(s) {unknown}; it accepts: {', '.join(sorted(accepted))}"
+            f"searcher '{name}' has no option(s) {unknown}; "
+            f"it accepts: {', '.join(sorted(accepted))}"
         )
     try:
         return cls(num_layers, **options)
@@ -155,7 +157,8 @@ def run(cfg: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
 
 
 def _picks(result: SearchResult, num_layers: int, lam: float) -> dict[str, Observation]:
-    aehm = pick_ae_hm(result.trajectory, result.baseline.score, lam, layer_count_speedup(num_layers))
+    speedup = layer_count_speedup(num_layers)
+    aehm = pick_ae_hm(result.trajectory, result.baseline.score, lam, speedup)
     return {"baseline": result.baseline, "best": result.best, "bsba": result.bsba, "ae_hm": aehm}
 
 
