@@ -1,0 +1,230 @@
+"""Side-by-side comparison of several searches (searchers, seeds, models) read from MLflow.
+
+Input: parent runs as `RunRecord`s (tale_opt.tracking.query), whose metrics and tags were
+written by `Tracker.log_summary` (names in tale_opt.tracking.records). Output: a markdown
+report (one row per search, then means over seeds per model × task × searcher) and a PNG
+(held-out accuracy of the reported picks against layers dropped, and the optimization
+trajectories).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tale_opt.tracking.records import PICKS
+
+SHOWN_PICKS = ("best", "bsba")
+COMPARISON_MD = "comparison.md"
+COMPARISON_PNG = "comparison.png"
+
+
+@dataclass(frozen=True)
+class PickView:
+    """One reported configuration of a search."""
+
+    n_dropped: int | None
+    drop: str | None
+    opt_accuracy: float | None
+    heldout_accuracy: float | None
+    speedup: float | None
+    speedup_measured: bool
+    tflops: float | None
+
+
+@dataclass(frozen=True)
+class SearchView:
+    """What the comparison shows of one search (one parent run)."""
+
+    run_id: str
+    model: str
+    task: str
+    searcher: str
+    seed: str
+    num_layers: int | None
+    picks: dict[str, PickView]
+    trajectory: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.searcher} · {self.model} · {self.task} · s{self.seed}"
+
+
+def _first(mapping: Mapping[str, Any], *keys: str, default: str = "?") -> str:
+    for key in keys:
+        if mapping.get(key) not in (None, ""):
+            return str(mapping[key])
+    return default
+
+
+def search_view(record: Any) -> SearchView:
+    """Read a parent run (tags first, then the logged config params) into a `SearchView`."""
+    tags, params, metrics = record.tags, record.params, record.metrics
+    picks = {}
+    for pick, _ in PICKS:
+        measured = metrics.get(f"{pick}.speedup_measured")
+        n_dropped = metrics.get(f"{pick}.n_dropped")
+        picks[pick] = PickView(
+            n_dropped=None if n_dropped is None else int(n_dropped),
+            drop=tags.get(f"tale_opt.{pick}.drop"),
+            opt_accuracy=metrics.get(f"{pick}.score"),
+            heldout_accuracy=metrics.get(f"{pick}.heldout.accuracy"),
+            speedup=measured if measured is not None else metrics.get(f"{pick}.speedup_estimate"),
+            speedup_measured=measured is not None,
+            tflops=metrics.get(f"{pick}.tflops"),
+        )
+    num_layers = metrics.get("num_layers")
+    steps = dict(record.history.get("trajectory.n_dropped", []))
+    trajectory = [
+        (int(steps.get(step, step)), value)
+        for step, value in sorted(record.history.get("trajectory.score", []))
+    ]
+    return SearchView(
+        run_id=record.run_id,
+        model=_first(tags, "model", default=_first(params, "model.name", "model.path")),
+        task=_first(tags, "task", default=_first(params, "task.name")),
+        searcher=_first(tags, "searcher", default=_first(params, "searcher.name")),
+        seed=_first(tags, "seed", default=_first(params, "seed")),
+        num_layers=None if num_layers is None else int(num_layers),
+        picks=picks,
+        trajectory=trajectory,
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _speed(pick: PickView) -> str:
+    if pick.speedup is None:
+        return "-"
+    return f"{pick.speedup:.2f}×" + ("" if pick.speedup_measured else " (est.)")
+
+
+def _dropped(pick: PickView) -> str:
+    if pick.n_dropped is None:
+        return "-"
+    return f"{pick.n_dropped} ({pick.drop})" if pick.drop else str(pick.n_dropped)
+
+
+def runs_table(views: Sequence[SearchView]) -> str:
+    """One row per search: the baseline, then Best and BSBA side by side."""
+    head = [
+        "run",
+        "model",
+        "task",
+        "searcher",
+        "seed",
+        "layers",
+        "baseline opt %",
+        "baseline held-out %",
+    ]
+    for pick in SHOWN_PICKS:
+        name = dict(PICKS)[pick]
+        head += [
+            f"{name} dropped",
+            f"{name} opt %",
+            f"{name} held-out %",
+            f"{name} speed-up",
+            f"{name} TFLOPs",
+        ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * (len(head) - 5)]
+    for v in views:
+        base = v.picks["baseline"]
+        cells = [
+            v.run_id[:8],
+            v.model,
+            v.task,
+            v.searcher,
+            v.seed,
+            "-" if v.num_layers is None else str(v.num_layers),
+            _pct(base.opt_accuracy),
+            _pct(base.heldout_accuracy),
+        ]
+        for pick in SHOWN_PICKS:
+            p = v.picks[pick]
+            tflops = "-" if p.tflops is None else f"{p.tflops:.4g}"
+            cells += [
+                _dropped(p),
+                _pct(p.opt_accuracy),
+                _pct(p.heldout_accuracy),
+                _speed(p),
+                tflops,
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_sd(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    if not values:
+        return "-"
+    mean = scale * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
+
+
+def groups_table(views: Sequence[SearchView]) -> str:
+    """Per model × task × searcher: mean ± sd over its searches (seeds) of the key figures."""
+    groups: dict[tuple[str, str, str], list[SearchView]] = {}
+    for v in views:
+        groups.setdefault((v.model, v.task, v.searcher), []).append(v)
+    lines = [
+        "| model | task | searcher | runs | baseline held-out % | Best held-out % | Best dropped "
+        "| BSBA held-out % | BSBA dropped |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (model, task, searcher), members in sorted(groups.items()):
+
+        def col(pick: str, attr: str, members: list[SearchView] = members) -> list[float]:
+            values = (getattr(m.picks[pick], attr) for m in members)
+            return [float(x) for x in values if x is not None]
+
+        lines.append(
+            f"| {model} | {task} | {searcher} | {len(members)} "
+            f"| {_mean_sd(col('baseline', 'heldout_accuracy'))} "
+            f"| {_mean_sd(col('best', 'heldout_accuracy'))} "
+            f"| {_mean_sd(col('best', 'n_dropped'), scale=1)} "
+            f"| {_mean_sd(col('bsba', 'heldout_accuracy'))} "
+            f"| {_mean_sd(col('bsba', 'n_dropped'), scale=1)} |"
+        )
+    return "\n".join(lines)
+
+
+def comparison_markdown(views: Sequence[SearchView], source: str = "") -> str:
+    """The whole markdown report."""
+    parts = [
+        "# TALE searches compared",
+        "",
+        f"{len(views)} search(es){f' from {source}' if source else ''}. Accuracies in %; "
+        "held-out = the evaluation split the search never saw. Speed-ups marked (est.) are "
+        "the layer-count estimate L / (L − k); others were measured.",
+        "",
+        "## Runs",
+        "",
+        runs_table(views),
+        "",
+        "## Mean ± sd over seeds",
+        "",
+        groups_table(views),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(
+    records: Sequence[Any], out_dir: str | Path, *, source: str = ""
+) -> tuple[Path, Path]:
+    """Write comparison.md and comparison.png for `records` (parent runs) into `out_dir`."""
+    from tale_opt.reporting.compare_plot import plot_comparison
+
+    views = [search_view(r) for r in records]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / COMPARISON_MD
+    md.write_text(comparison_markdown(views, source))
+    png = plot_comparison(views, out / COMPARISON_PNG)
+    return md, png

@@ -1,0 +1,131 @@
+"""The tracking interface of a search, and the tracker that does nothing (``tracking=none``).
+
+A tracker records one *parent* run per search and one *child* run per evaluated configuration
+(a drop set). Every method is best-effort: an implementation never raises for a backend
+failure, it warns (`TrackingWarning`) and carries on, because the Optuna storage, not the
+tracker, is the source of truth of a search. Methods return None when nothing was recorded.
+
+Run ids are explicit everywhere (no "active run" state shared through a module, as MLflow's
+fluent API has), so several processes can log children to one parent at the same time: the
+process that starts the search passes `worker_info()` to the others, which `attach` to it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+class TrackingWarning(UserWarning):
+    """A tracking call failed; the search goes on without it."""
+
+
+class Tracker(abc.ABC):
+    """Records a search (parent run) and its evaluated configurations (child runs)."""
+
+    parent_run_id: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """False when nothing will be recorded (no backend, or switched off after failures)."""
+        return False
+
+    @abc.abstractmethod
+    def start_search(
+        self,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        *,
+        run_name: str | None = None,
+        search_key: str | None = None,
+    ) -> str | None:
+        """Open the parent run of a search and log its config; returns the parent run id.
+
+        Args:
+            params: The resolved config, nested or flat; flattened to dotted keys.
+            tags: e.g. model, task, searcher, seed, epsilon, scoring.
+            run_name: Shown in the UI; defaults to the backend's choice.
+            search_key: When a parent run with this key exists already (a resumed search),
+                reopen it instead of starting another; its recorded children are not logged
+                twice (see `log_configuration`).
+        """
+
+    @abc.abstractmethod
+    def attach(self, parent_run_id: str) -> None:
+        """Log into an existing parent run (a worker process, or a resumed coordinator)."""
+
+    @abc.abstractmethod
+    def log_configuration(
+        self,
+        parent_run_id: str | None,
+        drop_key: str,
+        round: int,
+        metrics: Mapping[str, Any],
+        params: Mapping[str, Any] | None = None,
+        *,
+        status: str = "complete",
+    ) -> str | None:
+        """Record one evaluated configuration as a child run of `parent_run_id`.
+
+        Idempotent per (parent, drop key) within a process and across a resume: a drop set
+        that already has a child run is not logged again, and its run id is returned.
+
+        Args:
+            parent_run_id: From `start_search` / `worker_info`; None records nothing.
+            drop_key: The drop set's canonical key ("" for the unpruned baseline).
+            round: Search round (the baseline is round 0).
+            metrics: Numbers (accuracy, invalid_rate, tflops, latency...); others are skipped.
+            params: Extra parameters of this configuration.
+            status: "complete", or "pruned" when the score is an upper bound.
+        """
+
+    @abc.abstractmethod
+    def log_metrics(
+        self, metrics: Mapping[str, Any], *, run_id: str | None = None, step: int | None = None
+    ) -> None:
+        """Log numeric metrics to `run_id` (default: the parent run)."""
+
+    @abc.abstractmethod
+    def log_summary(self, summary: Mapping[str, Any]) -> None:
+        """Log a finished search's summary.json content as parent metrics and tags."""
+
+    @abc.abstractmethod
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        """Upload the files under `local_dir` (plots, tables, summary) to the parent run."""
+
+    @abc.abstractmethod
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the parent run: FINISHED, FAILED or KILLED."""
+
+    def worker_info(self) -> dict[str, Any] | None:
+        """What another process needs to log into this search (JSON), or None."""
+        return None
+
+
+class NullTracker(Tracker):
+    """Records nothing (``tracking=none``, or a search without a tracking config)."""
+
+    def start_search(self, params, tags, *, run_name=None, search_key=None) -> None:
+        return None
+
+    def attach(self, parent_run_id: str) -> None:
+        return None
+
+    def log_configuration(
+        self, parent_run_id, drop_key, round, metrics, params=None, *, status="complete"
+    ) -> None:
+        return None
+
+    def log_metrics(self, metrics, *, run_id=None, step=None) -> None:
+        return None
+
+    def log_summary(self, summary) -> None:
+        return None
+
+    def log_artifacts(self, local_dir, artifact_path=None) -> None:
+        return None
+
+    def finish(self, status: str = "FINISHED") -> None:
+        return None
