@@ -33,6 +33,7 @@ from tale_opt.evaluation.prompts import PromptEncoder, label_token_ids
 from tale_opt.evaluation.results import EvalResult, Prediction
 from tale_opt.evaluation.scoring import (
     Progress,
+    StopCondition,
     generate_texts,
     loglik_sequence_count,
     score_continuations,
@@ -85,6 +86,8 @@ class Evaluator:
             (example, choice) pairs for loglik.
         max_new_tokens: Tokens to generate per example in ``generate`` mode (``>= 1``).
         device: Where input tensors go; defaults to the device of the model's first parameter.
+        stop_strings: Strings that end a generated reply; None = the task's ``stop_strings``
+            (and its ``stop_patterns``, regexes kept up to the end of the match).
 
     Raises:
         UsageError: An unknown scoring mode, or a batch size / token budget below 1.
@@ -100,6 +103,7 @@ class Evaluator:
         batch_size: int = 32,
         max_new_tokens: int = 1,
         device: torch.device | str | None = None,
+        stop_strings: Sequence[str] | None = None,
     ) -> None:
         if scoring not in SCORING_MODES:
             raise UsageError(
@@ -124,6 +128,9 @@ class Evaluator:
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.pad_id = _pad_id(tokenizer)
         self.eos_ids = _eos_ids(model, tokenizer)
+        if stop_strings is None:
+            stop_strings = getattr(task, "stop_strings", ())
+        self.stop = StopCondition(stop_strings, getattr(task, "stop_patterns", ()))
 
     # -- tokenization, once per run -------------------------------------------------------
     def prepare(self, examples: Sequence[Example]) -> PreparedSplit:
@@ -228,6 +235,7 @@ class Evaluator:
                 prepared.prompt_ids,
                 max_new_tokens=self.max_new_tokens,
                 eos_ids=self.eos_ids,
+                stop=self.stop,
                 **common,
             )
             parsed = [task.parse(text, ex) for text, ex in zip(texts, examples, strict=True)]

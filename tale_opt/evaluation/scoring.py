@@ -7,11 +7,13 @@ predictions (parsing, correctness) is the evaluator's job. All passes assume the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tale_opt.evaluation.batching import length_sorted_batches
 
@@ -123,6 +125,49 @@ def score_continuations(
     return [tuple(s) for s in scores]
 
 
+class StopCondition:
+    """Where a generated reply ends: at a stop string (cut before it) or once a stop pattern
+    matches (kept up to the end of the match). Judged on the new text only, never the prompt.
+
+    Args:
+        strings: Literal stop strings, e.g. ``"Question:"``.
+        patterns: Regular expressions, e.g. ``r"####[^\\n]*\\d[^\\n]*\\n"`` (a finished
+            ``#### N`` line).
+    """
+
+    def __init__(self, strings: Sequence[str] = (), patterns: Sequence[str] = ()) -> None:
+        self.strings = tuple(s for s in strings if s)
+        self.patterns = tuple(re.compile(p) for p in patterns)
+
+    def __bool__(self) -> bool:
+        return bool(self.strings or self.patterns)
+
+    def cut(self, text: str) -> tuple[str, bool]:
+        """`text` up to the earliest stop, and whether a stop was found."""
+        ends = [i for i in (text.find(s) for s in self.strings) if i >= 0]
+        ends += [m.end() for m in (p.search(text) for p in self.patterns) if m]
+        return (text[: min(ends)], True) if ends else (text, False)
+
+
+class _StopCriteria(StoppingCriteria):
+    """Per row: finished once its new tokens contain a stop (rows are independent, so a row
+    stops at the same token whatever else is in its batch)."""
+
+    def __init__(self, tokenizer: Any, stop: StopCondition, prompt_width: int) -> None:
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        new = input_ids[:, self.prompt_width :].tolist()
+        done = [self.stop.cut(self._decode(row))[1] for row in new]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def _decode(self, tokens: list[int]) -> str:
+        # Decoded as the final text is, so a stop found here is found there too.
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
 def generate_texts(
     model: nn.Module,
     tokenizer: Any,
@@ -134,15 +179,21 @@ def generate_texts(
     eos_ids: frozenset[int],
     device: torch.device,
     progress: Progress,
+    stop: StopCondition | None = None,
 ) -> list[str]:
-    """Per prompt, the greedy continuation decoded to text (new tokens only, up to EOS).
+    """Per prompt, the greedy continuation decoded to text (new tokens only, up to EOS or the
+    first stop of `stop`).
 
     `generate` derives position ids from the attention mask itself, and uses a KV cache, so
-    each new token costs one single-position forward.
+    each new token costs one single-position forward. A batch ends early once every row has
+    hit EOS or a stop.
     """
+    stop = stop or StopCondition()
     texts: list[str] = [""] * len(prompts)
     for batch in length_sorted_batches(prompts, batch_size, pad_id):
         batch = batch.to(device)
+        width = batch.input_ids.shape[1]
+        criteria = StoppingCriteriaList([_StopCriteria(tokenizer, stop, width)] if stop else [])
         out = model.generate(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
@@ -154,14 +205,16 @@ def generate_texts(
             max_new_tokens=max_new_tokens,
             pad_token_id=pad_id,
             eos_token_id=sorted(eos_ids) or None,
+            stopping_criteria=criteria,
             use_cache=True,
         )
-        new_tokens = out[:, batch.input_ids.shape[1] :].tolist()
+        new_tokens = out[:, width:].tolist()
         for r, row in enumerate(batch.rows):
             tokens = new_tokens[r]
             # Cut at the first EOS ourselves: finished rows are filled with pad_id, which need
             # not be a special token that skip_special_tokens would drop.
             end = next((k for k, t in enumerate(tokens) if t in eos_ids), len(tokens))
-            texts[row] = tokenizer.decode(tokens[:end], skip_special_tokens=True)
+            text = tokenizer.decode(tokens[:end], skip_special_tokens=True)
+            texts[row] = stop.cut(text)[0]
         progress(len(batch.rows))
     return texts

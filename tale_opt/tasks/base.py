@@ -1,7 +1,11 @@
 """What every task provides to the evaluator: examples, a chat rendering, and a scorer.
 
-A task is data + render + score. The evaluator only talks to this interface, so new task
-families (generative math, boolean expressions) slot in without touching it.
+A task is data + render + score. The evaluator only talks to this interface, so task families
+(multiple choice, generative math, boolean expressions) slot in without touching it.
+
+Few-shot demonstrations travel with the example (`Example.demos`): the splits loader draws them
+once per run from a pool disjoint from both splits and attaches the same tuple to every example,
+so whoever renders an example renders its demonstrations too.
 """
 
 from __future__ import annotations
@@ -26,27 +30,41 @@ class Example:
     fields: Mapping[str, Any]
     choices: tuple[str, ...] = ()
     answer_index: int | None = None
-    answer: str | None = None  # gold answer text for generative tasks
+    answer: str | None = None  # normalized gold answer for generative tasks
     meta: Mapping[str, Any] = field(default_factory=dict)
+    # Few-shot demonstrations shown before this example (empty = zero-shot).
+    demos: tuple[Example, ...] = ()
 
 
 @dataclass(frozen=True)
 class Splits:
-    """Disjoint optimization and evaluation splits (checked when built)."""
+    """Disjoint optimization and evaluation splits, and the few-shot demonstrations (all three
+    pairwise disjoint, checked when built)."""
 
     optimization: Sequence[Example]
     evaluation: Sequence[Example]
-    fingerprint: str  # hash of both splits' example ids, for study/run identity
+    fingerprint: str  # hash of every part's example ids, for study/run identity
     # How the splits were drawn (pool sizes, duplicates dropped, overlap excluded), for reports.
     info: Mapping[str, Any] = field(default_factory=dict)
+    # The k demonstrations, in the order they are shown (empty = zero-shot).
+    fewshot: Sequence[Example] = ()
 
 
 class Task(Protocol):
     name: str
-    prompt_version: str  # hash of everything that shapes the prompt; changes invalidate studies
+    # Hash of everything that shapes the prompt (few-shot layout included) and of the stop
+    # settings and answer parser that shape what is scored; changes invalidate studies.
+    prompt_version: str
+    # Generation ends at any of these strings (cut before it) or once a pattern matches (kept up
+    # to the end of the match); both empty for tasks that decode one token.
+    stop_strings: tuple[str, ...]
+    stop_patterns: tuple[str, ...]
 
     def messages(self, example: Example) -> list[Message]:
         """Chat messages for the example, ending with the user turn."""
+
+    def target(self, example: Example) -> str:
+        """The ideal assistant reply (a demonstration's answer turn)."""
 
     def labels(self, example: Example) -> tuple[str, ...]:
         """Display labels of the choices, in order ("A", "B", ...); empty for generative tasks."""

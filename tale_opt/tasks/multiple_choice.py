@@ -11,10 +11,6 @@ where the row format has them.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import string
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -22,11 +18,29 @@ from typing import Any
 from tale_opt.errors import UsageError
 from tale_opt.tasks.answer_parsing import parse_choice
 from tale_opt.tasks.base import Example, Message
+from tale_opt.tasks.fewshot import FewShotSpec, build_messages
 from tale_opt.tasks.row_formats import RowError, resolve_row_format
 from tale_opt.tasks.sources import require_columns
+from tale_opt.tasks.templates import (
+    SCORING_KEYS,
+    check_keys,
+    content_id,
+    normalize,
+    short_hash,
+)
+from tale_opt.tasks.templates import template_fields as _template_fields
 
 LABEL_SOURCES = ("position", "dataset")
 SCORING_MODES = ("generate", "letters", "loglik")
+PROMPT_KEYS = (
+    "system",
+    "user",
+    "choice_format",
+    "choice_separator",
+    "labels",
+    "label_source",
+    "continuation_prefix",
+)
 # Template placeholders filled by the task itself, not by row columns.
 RESERVED_FIELDS = ("choices",)
 DEFAULT_LABELS = tuple("ABCDEFGHIJKLMNOPQRST")
@@ -76,9 +90,10 @@ class MultipleChoiceTask:
         prompt: How examples are rendered.
         row_format: Default row format spec (``{"name": ..., <options>}``); a source may
             bring its own when its rows have a different shape.
-        scoring: Optional task-specific scoring overrides for the evaluator (``mode``: one
-            of generate, letters, loglik; ``max_new_tokens``). The run-wide defaults live in
-            the ``eval`` config group; empty when the task needs nothing special.
+        scoring: Optional task-specific scoring defaults for the evaluator (``mode``: one
+            of generate, letters, loglik; ``max_new_tokens``; ``stop`` strings; ``stop_patterns``
+            regexes). The ``eval`` config group reads them as its defaults.
+        fewshot: How demonstrations are laid out (zero-shot by default).
     """
 
     def __init__(
@@ -87,19 +102,55 @@ class MultipleChoiceTask:
         prompt: PromptSpec,
         row_format: Mapping[str, Any],
         scoring: Mapping[str, Any] | None = None,
+        fewshot: FewShotSpec | None = None,
     ) -> None:
         self.name = name
         self.prompt = prompt
         self.row_format = dict(row_format)
         resolve_row_format(self.row_format)  # validate early, before any data is read
         self.scoring = dict(scoring or {})
+        check_keys(self.scoring, SCORING_KEYS, "task.scoring")
         if "mode" in self.scoring and self.scoring["mode"] not in SCORING_MODES:
             raise UsageError(
                 f"task.scoring.mode must be one of {SCORING_MODES}, "
                 f"but got {self.scoring.get('mode')!r}"
             )
+        self.stop_strings = tuple(str(s) for s in self.scoring.get("stop") or ())
+        self.stop_patterns = tuple(str(s) for s in self.scoring.get("stop_patterns") or ())
+        self.fewshot = fewshot or FewShotSpec()
         self.template_fields = _template_fields(prompt.user, "task.prompt.user")
-        self.prompt_version = _short_hash({"prompt": asdict(prompt), "rows": self.row_format})
+        shaped: dict[str, Any] = {"prompt": asdict(prompt), "rows": self.row_format}
+        if self.stop_strings or self.stop_patterns:
+            # Not the prompt, but where a reply ends changes what is scored: same role.
+            shaped["stop"] = [self.stop_strings, self.stop_patterns]
+        if self.fewshot.version():  # zero-shot keeps the version it always had
+            shaped["fewshot"] = self.fewshot.version()
+        self.prompt_version = short_hash(shaped)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> MultipleChoiceTask:
+        """A task from its validated config node (see `tale_opt.tasks.registry`)."""
+        prompt_cfg = dict(cfg.get("prompt") or {})
+        check_keys(prompt_cfg, PROMPT_KEYS, "task.prompt")
+        if not prompt_cfg.get("user"):
+            raise UsageError(
+                "task.prompt.user (the user-turn template) is required, e.g. "
+                "'{question}\\n{choices}'"
+            )
+        if "labels" in prompt_cfg:
+            labels = prompt_cfg["labels"]
+            # Accept "ABCD" as shorthand for [A, B, C, D].
+            prompt_cfg["labels"] = tuple(labels) if isinstance(labels, str) else labels
+        if not cfg.get("row_format"):
+            raise UsageError("task.row_format is required, e.g. {name: labelled_choices}")
+        row_format = cfg["row_format"]
+        return cls(
+            name=cfg["name"],
+            prompt=PromptSpec(**prompt_cfg),
+            row_format={"name": row_format} if isinstance(row_format, str) else dict(row_format),
+            scoring=cfg.get("scoring"),
+            fewshot=FewShotSpec.from_config(cfg.get("fewshot")),
+        )
 
     # -- data -----------------------------------------------------------------------------
 
@@ -154,30 +205,36 @@ class MultipleChoiceTask:
             native_id = row.get(options["id"])
             if native_id is None or str(native_id) == "":
                 # No native id: the content is the identity, so equal items get equal ids.
-                digest = hashlib.sha256(self.content_key(example).encode()).hexdigest()
-                native_id = "sha256:" + digest[:16]
+                native_id = content_id(self.content_key(example))
             examples.append(replace(example, id=str(native_id)))
         return examples
 
     def content_key(self, example: Example) -> str:
         """Normalized prompt content (template fields + choices), for duplicate detection."""
         columns = (f for f in self.template_fields if f not in RESERVED_FIELDS)
-        parts = [_normalize(example.fields.get(f, "")) for f in columns]
-        parts += [_normalize(choice) for choice in example.choices]
+        parts = [normalize(example.fields.get(f, "")) for f in columns]
+        parts += [normalize(choice) for choice in example.choices]
         return "\x1f".join(parts)
 
     # -- Task protocol ----------------------------------------------------------------------
 
     def messages(self, example: Example) -> list[Message]:
-        """Chat messages: the optional system prompt, then the rendered user turn."""
-        user = self.prompt.user.format(
+        """Chat messages: the optional system prompt, the example's demonstrations (each
+        answered with its gold label), then the rendered user turn."""
+        demos = [(self.user_turn(d), self.target(d)) for d in example.demos]
+        return build_messages(self.prompt.system, demos, self.user_turn(example), self.fewshot)
+
+    def user_turn(self, example: Example) -> str:
+        """The example's user turn: the template filled with its fields and option lines."""
+        return self.prompt.user.format(
             **{**example.fields, "choices": self.render_choices(example)}
         )
-        messages: list[Message] = []
-        if self.prompt.system:
-            messages.append({"role": "system", "content": self.prompt.system})
-        messages.append({"role": "user", "content": user})
-        return messages
+
+    def target(self, example: Example) -> str:
+        """The gold label, e.g. ``"B"``: the reply the system prompt asks for."""
+        if example.answer_index is None:
+            raise UsageError(f"example {example.id!r} has no gold answer to demonstrate")
+        return self.labels(example)[example.answer_index]
 
     def render_choices(self, example: Example) -> str:
         """The option lines, e.g. ``"A. cat\\nB. dog"``."""
@@ -205,40 +262,6 @@ class MultipleChoiceTask:
     def is_correct(self, prediction: Any | None, example: Example) -> bool:
         """Whether a parsed prediction (a choice index) is the gold choice."""
         return prediction is not None and prediction == example.answer_index
-
-
-def _template_fields(
-    template: str, where: str, allowed: set[str] | None = None
-) -> tuple[str, ...]:
-    """Named placeholders of a str.format template, in order of first use."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as err:
-        raise UsageError(f"{where} is not a valid format template ({err}): {template!r}") from None
-    names: list[str] = []
-    for _, name, _, _ in parsed:
-        if name is None:
-            continue
-        root = name.split(".")[0].split("[")[0]
-        if not root.isidentifier():
-            raise UsageError(
-                f"{where} placeholders must be column names like {{question}}, but got "
-                f"{{{name}}} in {template!r} (write {{{{ and }}}} for literal braces)"
-            )
-        if allowed is not None and root not in allowed:
-            raise UsageError(f"{where} may only use {sorted(allowed)}, but got {{{name}}}")
-        if root not in names:
-            names.append(root)
-    return tuple(names)
-
-
-def _normalize(value: Any) -> str:
-    return " ".join(unicodedata.normalize("NFKC", str(value)).casefold().split())
-
-
-def _short_hash(payload: Any) -> str:
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 __all__ = ["MultipleChoiceTask", "PromptSpec"]

@@ -7,32 +7,41 @@ Keys are validated here, at the boundary, so a typo fails before any model is lo
 Task config schema (see conf/task/*.yaml)::
 
     name: arc_easy                  # required
-    type: multiple_choice           # the only type so far
+    type: multiple_choice           # multiple_choice (default) | generative
     description: ...                # free text, optional
     sources:                        # two sources: optimization and evaluation drawn separately
       optimization: {path: ..., row_format: {...}}   # a source may override row_format
       evaluation:   {path: ...}
     source: {path: ...}             # OR one source, partitioned (first n_opt, next n_eval)
+                                    # ({generator: boolean_expressions, options: {...}} too)
     subjects: [anatomy, ...]        # fills {subject} in source paths / hub configs
     on_overlap: error               # or exclude: drop items shared with evaluation from opt
-    row_format: {name: labelled_choices, answer: answerKey, ...}
-    prompt: {system: ..., user: ..., labels: [A, B, ...], label_source: position, ...}
-    scoring: {max_new_tokens: 1}    # optional overrides of the eval group (none shipped)
+    filter: {name: min_premises, more_than: 5}     # optional: keep only matching items
+    row_format: {name: labelled_choices, answer: answerKey, ...}  # generative: {id, answer}
+    prompt: {system: ..., user: ..., labels: [A, B, ...], ...}    # generative: system, user
+    answer: {name: gsm8k}           # generative only: the answer parser (tasks/answers.py)
+    scoring: {mode: generate, max_new_tokens: 256, stop: [...], stop_patterns: [...]}
+    fewshot: {k: 0, style: chat, source: {path: ...}}   # k demonstrations (0 = zero-shot)
     n_opt: 48                       # null or -1: all available
     n_eval: 200
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from tale_opt.errors import UsageError, did_you_mean
 from tale_opt.tasks.base import Example, Splits
-from tale_opt.tasks.multiple_choice import MultipleChoiceTask, PromptSpec
+from tale_opt.tasks.filters import build_filter
+from tale_opt.tasks.generative import GenerativeTask
+from tale_opt.tasks.multiple_choice import MultipleChoiceTask
 from tale_opt.tasks.sources import SOURCE_KEYS, describe, load_rows, resolve_path
 from tale_opt.tasks.splits import build_splits, check_overlap_policy, check_size
+from tale_opt.tasks.templates import check_keys
 
+AnyTask = MultipleChoiceTask | GenerativeTask
 TASK_KEYS = (
     "name",
     "type",
@@ -41,23 +50,21 @@ TASK_KEYS = (
     "sources",
     "subjects",
     "on_overlap",
+    "filter",
     "row_format",
     "prompt",
+    "answer",
     "scoring",
+    "fewshot",
     "n_opt",
     "n_eval",
 )
-PROMPT_KEYS = (
-    "system",
-    "user",
-    "choice_format",
-    "choice_separator",
-    "labels",
-    "label_source",
-    "continuation_prefix",
-)
 SOURCE_ROLES = ("optimization", "evaluation")
-TASK_TYPES = ("multiple_choice",)
+# type -> builder from the config node; each validates its own prompt / row_format keys.
+TASK_TYPES: dict[str, Callable[[Mapping[str, Any]], AnyTask]] = {
+    "multiple_choice": MultipleChoiceTask.from_config,
+    "generative": GenerativeTask.from_config,
+}
 # Marks "take the size from the task config" (None already means "all available").
 FROM_CONFIG: Any = object()
 # Used when a task config has no n_opt / n_eval key; small enough for a 2-core CPU run.
@@ -65,17 +72,17 @@ DEFAULT_N_OPT = 48
 DEFAULT_N_EVAL = 200
 
 
-def build_task(cfg: Mapping[str, Any]) -> MultipleChoiceTask:
+def build_task(cfg: Mapping[str, Any]) -> AnyTask:
     """A task from its config, validated; reads no data.
 
     Args:
         cfg: The task config node as a plain mapping.
 
     Raises:
-        UsageError: unknown or missing keys, unknown row format / label source / scoring mode,
-            or a malformed prompt template.
+        UsageError: unknown or missing keys, unknown type / row format / answer parser /
+            filter / scoring mode, or a malformed prompt template.
     """
-    _check_keys(cfg, TASK_KEYS, "task")
+    check_keys(cfg, TASK_KEYS, "task")
     name = cfg.get("name")
     if not isinstance(name, str) or not name:
         raise UsageError(f"task.name must be a non-empty string, but got {name!r}")
@@ -84,26 +91,18 @@ def build_task(cfg: Mapping[str, Any]) -> MultipleChoiceTask:
         raise UsageError(
             f"task.type must name a task type, got {kind!r}." + did_you_mean(kind, TASK_TYPES)
         )
-    prompt_cfg = dict(cfg.get("prompt") or {})
-    _check_keys(prompt_cfg, PROMPT_KEYS, "task.prompt")
-    if not prompt_cfg.get("user"):
-        raise UsageError(
-            "task.prompt.user (the user-turn template) is required, e.g. '{question}\\n{choices}'"
-        )
-    if "labels" in prompt_cfg:
-        prompt_cfg["labels"] = _labels(prompt_cfg["labels"])
-    if not cfg.get("row_format"):
-        raise UsageError("task.row_format is required, e.g. {name: labelled_choices}")
+    if kind != "generative" and cfg.get("answer") is not None:
+        raise UsageError("task.answer (an answer parser) only applies to type: generative")
     _source_specs(cfg)  # validate the sources' shape now; reading them waits for load_splits
+    fewshot_source = (cfg.get("fewshot") or {}).get("source")
+    if fewshot_source:
+        _source_spec("fewshot", fewshot_source)
     check_overlap_policy(cfg.get("on_overlap", "error"))
+    if cfg.get("filter"):
+        build_filter(cfg["filter"])
     for key in ("n_opt", "n_eval"):
         check_size(key, cfg.get(key, 1))
-    return MultipleChoiceTask(
-        name=name,
-        prompt=PromptSpec(**prompt_cfg),
-        row_format=_row_format(cfg["row_format"]),
-        scoring=cfg.get("scoring"),
-    )
+    return TASK_TYPES[kind](cfg)
 
 
 def load_splits(
@@ -112,11 +111,15 @@ def load_splits(
     n_opt: int | None = FROM_CONFIG,
     n_eval: int | None = FROM_CONFIG,
 ) -> Splits:
-    """Read the task's sources and draw disjoint optimization / evaluation splits.
+    """Read the task's sources and draw disjoint optimization / evaluation splits, plus the
+    few-shot demonstrations when ``task.fewshot.k > 0``.
+
+    The same k demonstrations (seeded by `seed`) are attached to every example of both splits
+    (`Example.demos`), so whoever renders an example renders them.
 
     Args:
         task_cfg: The task config node as a plain mapping.
-        seed: Split seed (same seed, same splits).
+        seed: Split seed (same seed, same splits and demonstrations).
         n_opt: Optimization size; defaults to ``task_cfg["n_opt"]`` (48 when absent);
             None/-1 = all available.
         n_eval: Evaluation size; defaults to ``task_cfg["n_eval"]`` (200 when absent);
@@ -137,6 +140,8 @@ def load_splits(
         seed=seed,
         content_key=task.content_key,
         on_overlap=task_cfg.get("on_overlap", "error"),
+        n_fewshot=task.fewshot.k,
+        fewshot_pool=pools.get("fewshot"),
     )
     info = {
         **splits.info,
@@ -144,22 +149,33 @@ def load_splits(
         "prompt_version": task.prompt_version,
         "sources": {role: describe(spec) for role, spec in _source_specs(task_cfg).items()},
     }
-    return Splits(splits.optimization, splits.evaluation, splits.fingerprint, info)
+    demos = tuple(splits.fewshot)
+    optimization, evaluation = (
+        tuple(replace(e, demos=demos) for e in part) if demos else tuple(part)
+        for part in (splits.optimization, splits.evaluation)
+    )
+    return Splits(optimization, evaluation, splits.fingerprint, info, fewshot=demos)
 
 
 def load_pools(
-    task_cfg: Mapping[str, Any], task: MultipleChoiceTask | None = None
+    task_cfg: Mapping[str, Any], task: AnyTask | None = None
 ) -> dict[str, list[Example]]:
-    """Every example of every source, before deduplication and sampling.
+    """Every example of every source (filtered by ``task.filter``), before deduplication and
+    sampling.
 
     Returns:
         ``{"shared": [...]}`` for a one-source task, else ``{"optimization": [...],
-        "evaluation": [...]}``; sources with ``{subject}`` are concatenated over
-        ``task.subjects`` in order.
+        "evaluation": [...]}``; plus ``"fewshot"`` when ``task.fewshot.source`` is set.
+        Sources with ``{subject}`` are concatenated over ``task.subjects`` in order.
     """
     task = task or build_task(task_cfg)
+    keep = build_filter(task_cfg["filter"]) if task_cfg.get("filter") else None
+    specs = _source_specs(task_cfg)
+    fewshot_source = (task_cfg.get("fewshot") or {}).get("source")
+    if fewshot_source:
+        specs["fewshot"] = _source_spec("fewshot", fewshot_source)
     pools: dict[str, list[Example]] = {}
-    for role, spec in _source_specs(task_cfg).items():
+    for role, spec in specs.items():
         row_format = spec.pop("row_format", None)
         row_format = _row_format(row_format) if row_format else None
         pools[role] = []
@@ -168,7 +184,13 @@ def load_pools(
             if subject is not None:
                 for row in rows:
                     row.setdefault("subject", subject)
-            pools[role] += task.to_examples(rows, describe(expanded), row_format)
+            examples = task.to_examples(rows, describe(expanded), row_format)
+            pools[role] += [e for e in examples if keep(e)] if keep else examples
+        if not pools[role]:
+            raise UsageError(
+                f"task.filter {dict(task_cfg['filter'])} keeps none of the {role} source's "
+                f"items; loosen it"
+            )
     return pools
 
 
@@ -187,22 +209,21 @@ def _source_specs(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             raise UsageError(
                 f"task.sources must map optimization/evaluation to sources, got {two!r}"
             )
-        _check_keys(two, SOURCE_ROLES, "task.sources")
+        check_keys(two, SOURCE_ROLES, "task.sources")
         missing = [role for role in SOURCE_ROLES if not two.get(role)]
         if missing:
             raise UsageError(
                 f"task.sources needs both {SOURCE_ROLES}, but {missing[0]!r} is missing"
             )
         specs = dict(two)
-    out = {}
-    for role, spec in specs.items():
-        if not isinstance(spec, Mapping):
-            raise UsageError(
-                f"task source '{role}' must be a mapping like {{path: ...}}, got {spec!r}"
-            )
-        _check_keys(spec, (*SOURCE_KEYS, "row_format"), f"task source '{role}'")
-        out[role] = dict(spec)
-    return out
+    return {role: _source_spec(role, spec) for role, spec in specs.items()}
+
+
+def _source_spec(role: str, spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, Mapping):
+        raise UsageError(f"task source '{role}' must be a mapping like {{path: ...}}: {spec!r}")
+    check_keys(spec, (*SOURCE_KEYS, "row_format"), f"task source '{role}'")
+    return dict(spec)
 
 
 def _expand_subjects(
@@ -235,16 +256,3 @@ def _expand_subjects(
 
 def _row_format(spec: Any) -> dict[str, Any]:
     return {"name": spec} if isinstance(spec, str) else dict(spec)
-
-
-def _labels(value: Any) -> tuple[str, ...]:
-    # Accept "ABCD" as shorthand for [A, B, C, D].
-    return tuple(value) if isinstance(value, str) else tuple(str(v) for v in value)
-
-
-def _check_keys(cfg: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
-    for key in cfg:
-        if key not in allowed:
-            raise UsageError(
-                f"{where} has an unknown key {key!r}." + did_you_mean(str(key), allowed)
-            )

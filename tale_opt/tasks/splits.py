@@ -12,8 +12,13 @@ Disjointness holds by construction and is checked anyway, on example ids AND nor
 items are dropped first (MMLU's test set repeats questions), which is what makes the one-source
 cut disjoint by content.
 
-The parts are named and ordered (`_cut`), so a later few-shot pool is one more named part drawn
-from the optimization side without touching how the other two are drawn.
+Few-shot demonstrations are a third part, disjoint from both splits (checked the same way):
+
+* carved: one more named part cut *after* the others from the same shuffled order (the shared
+  pool, or the optimization pool of a two-source task), so turning few-shot on never changes
+  which items the two splits hold (except that a null size leaves room for the k demos);
+* from a dedicated source (e.g. MMLU's dev split): that pool, minus anything also in either
+  split, shuffled with its own seeded stream; the first k are the demonstrations.
 """
 
 from __future__ import annotations
@@ -46,8 +51,10 @@ def build_splits(
     seed: int,
     content_key: ContentKey = default_content_key,
     on_overlap: str = "error",
+    n_fewshot: int = 0,
+    fewshot_pool: Sequence[Example] | None = None,
 ) -> Splits:
-    """Draw the optimization and evaluation splits.
+    """Draw the optimization and evaluation splits, and the few-shot demonstrations.
 
     Args:
         optimization_pool: Examples the optimization split is drawn from; with
@@ -60,20 +67,26 @@ def build_splits(
         content_key: Maps an example to its normalized content, for duplicate detection.
         on_overlap: With two pools, what to do with items present in both: ``error``, or
             ``exclude`` them from the optimization pool (the evaluation set stays whole).
+        n_fewshot: Number of demonstrations (0 = zero-shot).
+        fewshot_pool: A dedicated pool to draw them from; None carves them from the shared
+            pool or the optimization pool.
 
     Raises:
         UsageError: a size <= 0 or larger than the pool, overlapping pools under
-            ``on_overlap=error``, or one id used for two different items.
+            ``on_overlap=error``, one id used for two different items, or too few items left
+            for the demonstrations.
     """
     n_opt, n_eval = check_size("n_opt", n_opt), check_size("n_eval", n_eval)
     check_overlap_policy(on_overlap)
     opt_pool, opt_dups = _dedupe(optimization_pool, content_key, "optimization")
     info: dict[str, Any] = {"seed": seed, "duplicates_dropped": {"optimization": opt_dups}}
+    carve = n_fewshot if fewshot_pool is None else 0  # demos cut from the pools below
 
     if evaluation_pool is None:
         info["pool_sizes"] = {"shared": len(opt_pool)}
-        n_opt, n_eval = _fit_shared(len(opt_pool), n_opt, n_eval)
-        parts = _cut(opt_pool, {"optimization": n_opt, "evaluation": n_eval}, seed, "shared")
+        n_opt, n_eval = _fit_shared(len(opt_pool), n_opt, n_eval, reserve=carve)
+        sizes = {"optimization": n_opt, "evaluation": n_eval, "fewshot": carve}
+        parts = _cut(opt_pool, sizes, seed, "shared")
     else:
         eval_pool, eval_dups = _dedupe(evaluation_pool, content_key, "evaluation")
         info["duplicates_dropped"]["evaluation"] = eval_dups
@@ -88,22 +101,55 @@ def build_splits(
         opt_pool = [e for e in opt_pool if e.id not in shared_ids]
         info["overlap_excluded"] = len(shared)
         info["pool_sizes"] = {"optimization": len(opt_pool), "evaluation": len(eval_pool)}
-        parts = {
-            **_cut(opt_pool, {"optimization": _fit("n_opt", n_opt, len(opt_pool))}, seed, "opt"),
-            **_cut(
-                eval_pool, {"evaluation": _fit("n_eval", n_eval, len(eval_pool))}, seed, "eval"
-            ),
+        opt_sizes = {"optimization": _fit("n_opt", n_opt, len(opt_pool), carve), "fewshot": carve}
+        eval_sizes = {"evaluation": _fit("n_eval", n_eval, len(eval_pool))}
+        parts = _cut(opt_pool, opt_sizes, seed, "opt")
+        parts.update(_cut(eval_pool, eval_sizes, seed, "eval"))
+    if not carve:
+        del parts["fewshot"]
+    if n_fewshot:
+        if fewshot_pool is not None:
+            parts["fewshot"] = _draw_fewshot(fewshot_pool, n_fewshot, parts, seed, content_key)
+        info["fewshot"] = {
+            "k": n_fewshot,
+            "source": "dedicated" if fewshot_pool is not None else "carved",
+            "ids": [e.id for e in parts["fewshot"]],
         }
 
-    clash = _overlap(parts["optimization"], parts["evaluation"], content_key)
-    if clash:  # unreachable unless the code above is wrong; the check is cheap, so keep it
-        raise UsageError(f"optimization and evaluation splits overlap on {len(clash)} item(s)")
+    names = list(parts)
+    for i, left in enumerate(names):
+        for right in names[i + 1 :]:
+            clash = _overlap(parts[left], parts[right], content_key)
+            if clash:  # unreachable unless the code above is wrong; the check is cheap
+                raise UsageError(f"the {left} and {right} parts overlap on {len(clash)} item(s)")
     return Splits(
         optimization=tuple(parts["optimization"]),
         evaluation=tuple(parts["evaluation"]),
         fingerprint=fingerprint(parts),
         info=info,
+        fewshot=tuple(parts.get("fewshot", ())),
     )
+
+
+def _draw_fewshot(
+    pool: Sequence[Example],
+    k: int,
+    parts: Mapping[str, Sequence[Example]],
+    seed: int,
+    content_key: ContentKey,
+) -> list[Example]:
+    """k demonstrations from a dedicated pool, never an item of either split."""
+    candidates, _ = _dedupe(pool, content_key, "few-shot")
+    taken: set[str] = set()
+    for part in parts.values():
+        taken.update(_overlap(candidates, part, content_key))
+    candidates = [e for e in candidates if e.id not in taken]
+    if len(candidates) < k:
+        raise UsageError(
+            f"task.fewshot.k={k} but the few-shot source has only {len(candidates)} items not "
+            f"used by either split; lower task.fewshot.k"
+        )
+    return _cut(candidates, {"fewshot": k}, seed, "fewshot")["fewshot"]
 
 
 def fingerprint(parts: Mapping[str, Sequence[Example]]) -> str:
@@ -130,30 +176,41 @@ def check_overlap_policy(value: Any) -> None:
         raise UsageError(f"task.on_overlap must be one of {OVERLAP_POLICIES}, got {value!r}")
 
 
-def _fit(name: str, size: int | None, available: int) -> int:
+def _fit(name: str, size: int | None, pool: int, reserve: int = 0) -> int:
+    available = pool - reserve
     if size is None:
+        if available <= 0:
+            raise UsageError(
+                f"the {pool} examples of the source all go to the {reserve} few-shot "
+                f"demonstrations; lower task.fewshot.k"
+            )
         return available
     if size > available:
+        held = f" ({reserve} of {pool} are held for few-shot demonstrations)" if reserve else ""
         raise UsageError(
-            f"task.{name}={size} is larger than the {available} examples available; "
+            f"task.{name}={size} is larger than the {available} examples available{held}; "
             f"set {name}={available} or less (or null for all)"
         )
     return size
 
 
-def _fit_shared(total: int, n_opt: int | None, n_eval: int | None) -> tuple[int, int]:
+def _fit_shared(
+    total: int, n_opt: int | None, n_eval: int | None, reserve: int = 0
+) -> tuple[int, int]:
     if n_opt is None and n_eval is None:
         raise UsageError(
             "with a single source, at most one of task.n_opt / task.n_eval may be null "
             f"(all remaining), but both are; set e.g. n_opt=48 (the source has {total} examples)"
         )
-    n_opt = total - n_eval if n_opt is None else n_opt  # type: ignore[operator]
-    n_eval = total - n_opt if n_eval is None else n_eval
-    if n_opt <= 0 or n_eval <= 0 or n_opt + n_eval > total:
+    room = total - reserve
+    n_opt = room - n_eval if n_opt is None else n_opt  # type: ignore[operator]
+    n_eval = room - n_opt if n_eval is None else n_eval
+    if n_opt <= 0 or n_eval <= 0 or n_opt + n_eval > room:
+        held = f" after the {reserve} few-shot demonstrations" if reserve else ""
         raise UsageError(
             f"task.n_opt={n_opt} + task.n_eval={n_eval} needs {n_opt + n_eval} examples but "
-            f"the source has {total}; lower them so n_opt + n_eval <= {total} "
-            f"(e.g. n_opt={min(n_opt, total // 5) or 1}, n_eval=null)"
+            f"the source has {room}{held}; lower them so n_opt + n_eval <= {room} "
+            f"(e.g. n_opt={min(n_opt, room // 5) or 1}, n_eval=null)"
         )
     return n_opt, n_eval
 
