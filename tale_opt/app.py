@@ -1,9 +1,11 @@
 """Composition root of one search: config in, result files out.
 
 Receives a plain dict (the CLI resolves Hydra's config first; nothing here imports hydra),
-builds the task, splits, model, evaluator and searcher, runs the search on the optimization
-split, then evaluates Baseline, Best, BSBA and the AE-HM pick once on the held-out split.
-Everything that can be checked without a model is checked before the model is loaded.
+builds the task, splits and searcher, opens (or resumes) the search's Optuna study, and runs
+the coordinator: candidates are evaluated in this process (`workers=0`) or by spawned local
+workers (`workers=N`) and by any worker that joins from elsewhere. Then Baseline, Best, BSBA
+and the AE-HM pick are evaluated once on the held-out split. Everything that can be checked
+without a model is checked before any weights are loaded.
 """
 
 from __future__ import annotations
@@ -12,20 +14,37 @@ import inspect
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import searchers
 from searchers.selection import layer_count_speedup, pick_ae_hm
-from tale_opt.coordination.inprocess import run_search
+from tale_opt import worker_main
+from tale_opt.coordination.coordinator import run_coordinator
+from tale_opt.coordination.local_workers import LocalWorkers
+from tale_opt.coordination.storage import StorageConfig, open_storage
+from tale_opt.coordination.study import default_study_name, open_study
 from tale_opt.errors import UsageError, did_you_mean
 from tale_opt.outputs import RunWriter, observation_record
 from tale_opt.report import format_summary_table
-from tale_opt.types import Candidate, Observation, SearchResult
+from tale_opt.search_setup import (
+    CandidateEvaluator,
+    build_evaluator,
+    check_eval_options,
+    load_task_and_splits,
+    model_spec,
+    prediction_rows,
+    search_fingerprint,
+    study_config,
+)
+from tale_opt.types import Observation, SearchResult
 
 log = logging.getLogger("tale_opt")
 
 PICKS = ("baseline", "best", "bsba", "ae_hm")
+# Used when the config has no storage node (a plain dict from a test or a script).
+DEFAULT_STORAGE = {"kind": "sqlite", "path": "outputs/tale_opt.db"}
 
 
 def _require_int(cfg: Mapping[str, Any], key: str, *, minimum: int, allow_none: bool = False):
@@ -59,88 +78,98 @@ def build_searcher(cfg: Mapping[str, Any], num_layers: int) -> searchers.Searche
         raise UsageError(f"searcher '{name}': {err}") from err
 
 
-def run(cfg: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Run one search described by `cfg` and write its results into `out_dir`."""
-    # Imported here so `--help` and config errors answer without loading torch.
-    from tale_opt.evaluation.evaluator import Evaluator
-    from tale_opt.model.loading import ModelSpec, load_model
-    from tale_opt.model.surgery import num_decoder_layers
-    from tale_opt.tasks.registry import build_task, load_splits
+@dataclass
+class SearchPlan:
+    """Everything a search needs before any weights are loaded."""
 
-    started = time.perf_counter()
+    cfg: Mapping[str, Any]
+    config: dict[str, Any]  # study_config(cfg): what workers rebuild the evaluator from
+    task: Any
+    splits: Any
+    spec: Any
+    searcher: Any
+    num_layers: int
+    storage: StorageConfig
+    study: Any
+    workers: int
+    threads: int | None
+    lam: float
+
+
+def plan_search(cfg: Mapping[str, Any]) -> SearchPlan:
+    """Validate `cfg`, draw the splits, and open (or resume) the search's study.
+
+    Raises:
+        UsageError: Any bad value, unreachable storage, or a study of another search.
+    """
+    from tale_opt.model.loading import describe_model
+
     seed = _require_int(cfg, "seed", minimum=0)
-    n_opt = _require_int(cfg, "n_opt", minimum=1, allow_none=True)
-    n_eval = _require_int(cfg, "n_eval", minimum=1, allow_none=True)
+    _require_int(cfg, "n_opt", minimum=1, allow_none=True)
+    _require_int(cfg, "n_eval", minimum=1, allow_none=True)
+    workers = _require_int({"workers": cfg.get("workers", 0)}, "workers", minimum=0)
+    threads = _require_int(
+        {"worker_threads": cfg.get("worker_threads")}, "worker_threads", minimum=1, allow_none=True
+    )
     lam = cfg.get("ae_hm_lambda", 1.0)
     if isinstance(lam, bool) or not isinstance(lam, int | float) or lam <= 0:
         raise UsageError(f"`ae_hm_lambda` must be a number > 0, but got {lam!r}")
-    eval_cfg = dict(cfg["eval"])
-    model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k != "name"}
-
-    task = build_task(dict(cfg["task"]))
-    splits = load_splits(dict(cfg["task"]), seed=seed, n_opt=n_opt, n_eval=n_eval)
-    spec = ModelSpec(**model_cfg)
-    # Fail on searcher options before the (slow) model load; the layer count comes later.
+    storage = StorageConfig.from_mapping(cfg.get("storage") or DEFAULT_STORAGE)
+    config = study_config(cfg)
+    check_eval_options(config)
+    task, splits = load_task_and_splits(config)
+    spec = model_spec(config)
+    # Fail on searcher options before touching the model; the layer count comes next.
     build_searcher(cfg["searcher"], num_layers=10_000)
-
-    log.info("loading model %s", spec.path)
-    model, tokenizer = load_model(spec)
-    num_layers = num_decoder_layers(model)
+    identity = describe_model(spec)  # config only: a coordinator with workers loads no weights
+    num_layers = identity["num_layers"]
     searcher = build_searcher(cfg["searcher"], num_layers)
-    evaluator = Evaluator(
-        model,
-        tokenizer,
-        task,
-        scoring=eval_cfg.get("scoring", "letters"),
-        batch_size=eval_cfg.get("batch_size", 16),
-        max_new_tokens=eval_cfg.get("max_new_tokens", 1),
+    fingerprint = search_fingerprint(config, identity, task, splits)
+    name = cfg.get("study") or default_study_name(
+        [task.name, config["model_name"], searcher.name, f"s{seed}"], fingerprint
     )
-    loaded = time.perf_counter()
+    study = open_study(open_storage(storage), str(name), fingerprint, config)
     log.info(
-        "%s: %d decoder layers; %s: %d optimization / %d held-out examples",
-        cfg["model"].get("name", spec.path), num_layers, task.name,
-        len(splits.optimization), len(splits.evaluation),
+        "%s: %d decoder layers; %s: %d optimization / %d held-out examples; study %s in %s",
+        config["model_name"], num_layers, task.name, len(splits.optimization),
+        len(splits.evaluation), name, storage.describe(),
+    )  # fmt: skip
+    log.info(
+        "more workers can join from any machine that reaches the storage: "
+        "python -m tale_opt worker %s study=%s",
+        " ".join(storage.join_args()), name,
+    )  # fmt: skip
+    return SearchPlan(
+        cfg, config, task, splits, spec, searcher, num_layers, storage, study, workers, threads,
+        lam,
     )  # fmt: skip
 
-    optimization = evaluator.prepare(splits.optimization)
+
+def run(cfg: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Run (or resume) one search described by `cfg` and write its results into `out_dir`."""
+    started = time.perf_counter()
+    plan = plan_search(cfg)
+    evaluate = None
+    if plan.workers == 0:
+        evaluate = CandidateEvaluator(
+            plan.config, task=plan.task, splits=plan.splits, progress=True
+        )
     with RunWriter(out_dir) as writer:
-        opt_results: dict[str, Any] = {}
-
-        def evaluate(candidate: Candidate) -> Observation:
-            label = f"round {len(candidate.drop)} drop {candidate.drop}"
-            res = evaluator.evaluate(optimization, candidate.drop, progress=label)
-            if not candidate.drop:
-                opt_results["baseline"] = res
-            return Observation(candidate, res.accuracy, res.metrics())
-
-        def record(obs: Observation) -> None:
-            writer.record_candidate(obs, round_no=len(obs.drop))
-            if not obs.drop:
-                writer.write_predictions(
-                    "optimization_baseline", _prediction_rows(opt_results["baseline"])
-                )
-            state = getattr(searcher, "state", None)
-            if state is not None:
-                writer.write_accepted(state.trajectory, getattr(searcher, "threshold", None))
-
-        result = run_search(searcher, evaluate, record)
-        writer.write_accepted(result.trajectory, result.threshold)
+        loaded = time.perf_counter()
+        result = _search(plan, evaluate, writer)
         searched = time.perf_counter()
-
-        picks = _picks(result, num_layers, lam)
-        # The held-out split is prepared and touched only now, once the search is over.
-        heldout_prepared = evaluator.prepare(splits.evaluation)
-        heldout: dict[str, Any] = {}
-        by_drop: dict[str, Any] = {}
-        for name, obs in picks.items():
-            if obs.drop.key not in by_drop:
-                res = evaluator.evaluate(heldout_prepared, obs.drop, progress=f"held-out {name}")
-                by_drop[obs.drop.key] = res
-                writer.write_predictions(f"heldout_{name}", _prediction_rows(res))
-            heldout[name] = by_drop[obs.drop.key].metrics()
+        picks = _picks(result, plan.num_layers, plan.lam)
+        heldout = _evaluate_heldout(plan, evaluate, picks, writer)
         finished = time.perf_counter()
 
-        summary = _summary(cfg, task, splits, num_layers, result, picks, heldout, lam)
+        summary = _summary(
+            cfg, plan.task, plan.splits, plan.num_layers, result, picks, heldout, plan.lam
+        )
+        summary["study"] = {
+            "name": plan.study.study_name,
+            "storage": plan.storage.describe(),
+            "workers": plan.workers,
+        }
         summary["timings"] = {
             "load_s": round(loaded - started, 2),
             "search_s": round(searched - loaded, 2),
@@ -156,23 +185,84 @@ def run(cfg: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def _search(plan: SearchPlan, evaluate: Any, writer: RunWriter) -> SearchResult:
+    """Coordinate the search: in this process (`evaluate`) or with `plan.workers` workers."""
+    local = None
+    if plan.workers > 0:
+        local = LocalWorkers(
+            plan.workers,
+            worker_main.spawned,
+            {
+                "storage": plan.storage.as_dict(),
+                "study": plan.study.study_name,
+                "debug": plan.cfg.get("debug"),
+            },
+            device=plan.spec.device,
+            threads=plan.threads,
+        )
+        local.start()
+    searcher = plan.searcher
+
+    def record(obs: Observation, trial: Any) -> None:
+        log.info(
+            "round %d drop %s: score %.4f (trial %d)",
+            len(obs.drop), obs.drop, obs.score, trial.number,
+        )  # fmt: skip
+        writer.record_candidate(obs, round_no=len(obs.drop))
+        if not obs.drop:
+            writer.write_predictions("optimization_baseline", obs.extras.get("predictions", []))
+        state = getattr(searcher, "state", None)
+        if state is not None:
+            writer.write_accepted(state.trajectory, getattr(searcher, "threshold", None))
+
+    try:
+        result = run_coordinator(
+            plan.study,
+            searcher,
+            evaluate=evaluate,
+            on_observation=record,
+            poll_interval=plan.storage.poll_interval,
+            lost_after=2 * plan.storage.grace_period,
+            max_retry=plan.storage.max_retry,
+            check_workers=local.check if local is not None else lambda: None,
+        )
+    except BaseException:
+        if local is not None:
+            local.stop(timeout=0)  # their trials go stale and are retried on resume
+        raise
+    if local is not None:
+        local.stop()
+    writer.write_accepted(result.trajectory, result.threshold)
+    return result
+
+
+def _evaluate_heldout(
+    plan: SearchPlan, evaluate: Any, picks: dict[str, Observation], writer: RunWriter
+) -> dict[str, Any]:
+    """Evaluate each picked configuration once on the held-out split (touched only now)."""
+    from tale_opt.model.loading import load_model
+
+    if evaluate is not None:
+        evaluator = evaluate.evaluator
+    else:  # the workers have left; load the model here, once
+        model, tokenizer = load_model(plan.spec)
+        evaluator = build_evaluator(plan.config, model, tokenizer, plan.task)
+    prepared = evaluator.prepare(plan.splits.evaluation)
+    heldout: dict[str, Any] = {}
+    by_drop: dict[str, Any] = {}
+    for pick, obs in picks.items():
+        if obs.drop.key not in by_drop:
+            res = evaluator.evaluate(prepared, obs.drop, progress=f"held-out {pick}")
+            by_drop[obs.drop.key] = res
+            writer.write_predictions(f"heldout_{pick}", prediction_rows(res))
+        heldout[pick] = by_drop[obs.drop.key].metrics()
+    return heldout
+
+
 def _picks(result: SearchResult, num_layers: int, lam: float) -> dict[str, Observation]:
     speedup = layer_count_speedup(num_layers)
     aehm = pick_ae_hm(result.trajectory, result.baseline.score, lam, speedup)
     return {"baseline": result.baseline, "best": result.best, "bsba": result.bsba, "ae_hm": aehm}
-
-
-def _prediction_rows(res: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": p.example_id,
-            "prediction": p.prediction,
-            "gold": p.gold,
-            "correct": p.correct,
-            "output": p.text,
-        }
-        for p in res.predictions
-    ]
 
 
 def _summary(cfg, task, splits, num_layers, result, picks, heldout, lam) -> dict[str, Any]:

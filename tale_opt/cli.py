@@ -1,7 +1,8 @@
-"""Command line: `python -m tale_opt [overrides]`, `python -m tale_opt export ...`.
+"""Command line: `python -m tale_opt [overrides]`, `... worker [overrides]`, `... export ...`.
 
 The search command is a Hydra app over the groups in conf/ (model, task, searcher, eval,
-experiment). Bad input -- an unknown group choice or key, a missing path, a malformed data
+storage, experiment). `worker` composes conf/worker.yaml (storage group + study name) and joins
+a running search. Bad input -- an unknown group choice or key, a missing path, a malformed data
 file, an invalid value -- prints one `error:` line naming the problem and the fix and exits
 with code 2; `debug=true` shows the traceback instead.
 """
@@ -12,10 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tale_opt.errors import UsageError, did_you_mean
+from tale_opt.errors import SearchFailed, UsageError, did_you_mean
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("model", "task", "searcher", "eval", "experiment")
+GROUPS = ("model", "task", "searcher", "eval", "storage", "experiment")
 EXIT_USAGE = 2
 
 
@@ -23,7 +24,8 @@ def _fail(err: BaseException, debug: bool) -> None:
     if debug:
         raise err
     print(f"error: {err}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    # Bad input is 2; a search that failed while running (SearchFailed) is 1.
+    sys.exit(EXIT_USAGE if isinstance(err, UsageError) else 1)
 
 
 def group_choices(group: str) -> list[str]:
@@ -73,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         export_main(argv[1:])
         return
+    if argv and argv[0] == "worker":
+        _worker(argv[1:])
+        return
     debug = _is_debug(argv)
     try:
         check_group_choices(argv)
@@ -97,7 +102,47 @@ def _search(cfg) -> None:  # the Hydra task function
         from tale_opt import app
 
         app.run(container, out_dir)
-    except UsageError as err:
+    except (UsageError, SearchFailed) as err:
+        _fail(err, debug)
+
+
+def _worker(argv: Sequence[str]) -> None:
+    """`python -m tale_opt worker storage=postgres study=NAME [idle_timeout=600 device=cuda:1]`."""
+    import logging
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    debug = _is_debug(argv)
+    try:
+        check_group_choices(argv)
+        try:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = compose(config_name="worker", overrides=list(argv))
+            container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as err:
+            raise UsageError(
+                "the worker needs the study to join: study=NAME (the coordinator prints it)"
+            ) from err
+        except (HydraException, OmegaConfBaseException) as err:
+            first = str(err).strip().splitlines()[0]
+            raise UsageError(
+                f"{first} -- keys: storage=..., study, idle_timeout, device, model_path, threads"
+            ) from err
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+        from tale_opt import worker_main
+
+        worker_main.run(
+            container["storage"],
+            str(container["study"]),
+            idle_timeout=container.get("idle_timeout"),
+            device=container.get("device"),
+            model_path=container.get("model_path"),
+            threads=container.get("threads"),
+        )
+    except (UsageError, SearchFailed) as err:
         _fail(err, debug)
 
 

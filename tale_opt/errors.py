@@ -21,3 +21,11 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return f"{hint} Available: {', '.join(choices)}"
+
+
+class SearchFailed(Exception):
+    """The search cannot go on: an evaluation raised in a worker, or workers keep dying.
+
+    Unlike a `UsageError` this is not bad input; running the same command again resumes the
+    search once the cause is fixed.
+    """

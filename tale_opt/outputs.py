@@ -1,7 +1,7 @@
 """Result files of one search, written as the search goes.
 
 * `candidate_results.csv` gets one line per finished candidate, flushed and fsynced, so a
-  crash never loses a finished evaluation.
+  crash never loses a finished evaluation; a candidate already in the file is not repeated.
 * `accepted_configs.json` and `summary.json` are replaced atomically (write a temp file,
   then `os.replace`), so a reader never sees a half-written file. `summary.json` appears
   only when the whole search, held-out evaluation included, has finished: its presence is
@@ -62,6 +62,12 @@ class RunWriter:
         self.predictions_dir = self.directory / "predictions"
         self._csv_path = self.directory / "candidate_results.csv"
         new = not self._csv_path.exists()
+        # A resumed search replays every candidate it finds in the storage; rows already in
+        # this directory's file (the same command run again) are not written twice.
+        self._recorded: set[str] = set()
+        if not new:
+            with self._csv_path.open(newline="") as handle:
+                self._recorded = {row["drop_key"] for row in csv.DictReader(handle)}
         self._csv = self._csv_path.open("a", newline="")
         self._rows = csv.DictWriter(self._csv, fieldnames=CANDIDATE_FIELDS, extrasaction="ignore")
         if new:
@@ -73,6 +79,10 @@ class RunWriter:
         os.fsync(self._csv.fileno())
 
     def record_candidate(self, obs: Observation, round_no: int) -> None:
+        """Append one row for `obs`, unless its drop set already has one."""
+        if obs.drop.key in self._recorded:
+            return
+        self._recorded.add(obs.drop.key)
         metrics = dict(obs.metrics)
         self._rows.writerow(
             {

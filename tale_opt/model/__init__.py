@@ -1,7 +1,7 @@
 """Model loading, layer surgery and export of pruned checkpoints (torch + transformers)."""
 
 from tale_opt.model.export import export_pruned
-from tale_opt.model.loading import ModelSpec, load_model, model_fingerprint
+from tale_opt.model.loading import ModelSpec, describe_model, load_model, model_fingerprint
 from tale_opt.model.surgery import (
     SUPPORTED_FAMILIES,
     decoder_layers,
@@ -15,6 +15,7 @@ __all__ = [
     "SUPPORTED_FAMILIES",
     "ModelSpec",
     "decoder_layers",
+    "describe_model",
     "dropped_layers",
     "export_pruned",
     "kept_layers",

@@ -228,6 +228,45 @@ def model_fingerprint(spec: ModelSpec, model: Any) -> dict[str, Any]:
     a content hash of config.json and the weight files' names and sizes; the dtype actually
     loaded, the model type and the number of decoder layers.
     """
+    return {
+        **_source_identity(spec),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "model_type": model.config.model_type,
+        "num_layers": num_decoder_layers(model),
+    }
+
+
+def describe_model(spec: ModelSpec) -> dict[str, Any]:
+    """Identity of the model `spec` names, from its config alone (no weights are read).
+
+    Same fields as `model_fingerprint`, except that `dtype` is the one requested (a coordinator
+    that never loads the weights must still fingerprint them) and `attn_implementation` is
+    added. The layer count comes from instantiating the architecture on the meta device, so
+    it is exactly what `num_decoder_layers` will report once the weights are loaded.
+
+    Raises:
+        UsageError: A missing path, an unreadable config, or an unsupported architecture.
+    """
+    from transformers import AutoModelForCausalLM
+
+    kind, location = resolve_source(spec.path)
+    common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    config = _hub_call(spec, kind, "AutoConfig", location, **common)
+    _check_family(config, spec.path)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(
+            config, trust_remote_code=spec.trust_remote_code
+        )
+    return {
+        **_source_identity(spec),
+        "dtype": spec.dtype,
+        "model_type": config.model_type,
+        "num_layers": num_decoder_layers(skeleton),
+        "attn_implementation": spec.attn_implementation,
+    }
+
+
+def _source_identity(spec: ModelSpec) -> dict[str, Any]:
     kind, location = resolve_source(spec.path)
     revision = spec.revision
     content_hash = None
@@ -238,14 +277,7 @@ def model_fingerprint(spec: ModelSpec, model: Any) -> dict[str, Any]:
         if spec.path.startswith((_PACKAGE, _GGUF)) or spec.path.endswith(".gguf"):
             # The cache entry's name carries the package version / the GGUF file's identity.
             revision = Path(location).name
-    return {
-        "path": spec.path,
-        "revision": revision,
-        "content_hash": content_hash,
-        "dtype": str(model.dtype).removeprefix("torch."),
-        "model_type": model.config.model_type,
-        "num_layers": num_decoder_layers(model),
-    }
+    return {"path": spec.path, "revision": revision, "content_hash": content_hash}
 
 
 def _hub_commit(spec: ModelSpec) -> str | None:

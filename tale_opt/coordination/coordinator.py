@@ -1,0 +1,243 @@
+"""The coordinator: turns a pure searcher's proposals into Optuna trials and back.
+
+One cycle, repeated until the searcher is done:
+
+1. read the study's trials; replay the finished, marked ones into the searcher, in the order
+   it proposes them (so only what this search would have asked for is counted, and a study
+   shared by an epsilon sweep never leaks another run's candidates into this result);
+2. enqueue every proposed candidate that has no trial yet (in any state: retried copies of
+   a lost trial share its key and count once);
+3. evaluate one trial in this process (`workers=0`), or wait for other workers, calling
+   `fail_stale_trials` so trials of dead workers are re-queued.
+
+All state lives in the storage, so a killed coordinator restarted with the same command
+rebuilds the searcher from the completed trials and re-evaluates nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from searchers.base import Searcher
+from tale_opt.coordination import study as st
+from tale_opt.coordination.worker import (
+    Evaluate,
+    run_one,
+    storage_errors_as_search_failed,
+    waiting_candidates,
+)
+from tale_opt.errors import SearchFailed
+from tale_opt.types import Candidate, Observation, SearchResult
+
+log = logging.getLogger("tale_opt.coordinator")
+
+_LIVE = (TrialState.WAITING, TrialState.RUNNING)
+_DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def run_coordinator(
+    study: optuna.Study,
+    searcher: Searcher,
+    *,
+    evaluate: Evaluate | None = None,
+    on_observation: Callable[[Observation, FrozenTrial], None] = lambda obs, trial: None,
+    poll_interval: float = 0.5,
+    lost_after: float = 30.0,
+    max_retry: int | None = 3,
+    check_workers: Callable[[], None] = lambda: None,
+) -> SearchResult:
+    """Drive `searcher` through `study` until it is done, and return its result.
+
+    Args:
+        study: The search's study (its fingerprint already checked).
+        searcher: A fresh searcher; it is rebuilt from the study's completed trials.
+        evaluate: Evaluate candidates in this process too (None: other workers do it all).
+        on_observation: Called once per candidate as it is counted (in the order the searcher
+            observed them), with the trial it came from; e.g. to append result files.
+        poll_interval: Seconds between storage polls while waiting for workers.
+        lost_after: Seconds a stale-failed candidate may stay without a queued retry before
+            the coordinator queues one itself (the process running the retry callback died).
+        max_retry: Give up on a candidate whose evaluation was lost more often than this.
+        check_workers: Called while waiting; raises if the local workers are gone.
+
+    Raises:
+        SearchFailed: A worker's evaluation raised, a candidate was lost too often, or the
+            storage stopped answering.
+    """
+    with storage_errors_as_search_failed():
+        return _coordinate(
+            study, searcher, evaluate, on_observation, poll_interval, lost_after, max_retry,
+            check_workers,
+        )  # fmt: skip
+
+
+def _coordinate(
+    study: optuna.Study,
+    searcher: Searcher,
+    evaluate: Evaluate | None,
+    on_observation: Callable[[Observation, FrozenTrial], None],
+    poll_interval: float,
+    lost_after: float,
+    max_retry: int | None,
+    check_workers: Callable[[], None],
+) -> SearchResult:
+    st.set_finished(study, False)
+    trials = study.get_trials(deepcopy=False)
+    earlier_failures = {t._trial_id for t in trials if t.state == TrialState.FAIL}
+    done_before = sum(1 for t in trials if st.observation_of(t) is not None)
+    if done_before:
+        log.info("resuming study %s: %d evaluated already", study.study_name, done_before)
+    restarted: set[str] = set()
+    lost_since: dict[str, float] = {}
+    unstarted_since: dict[int, float] = {}
+    while True:
+        groups = _by_candidate(study.get_trials(deepcopy=False))
+        _fail_unstarted(study, groups, unstarted_since, lost_after)
+        for obs, trial in _replay(searcher, groups):
+            on_observation(obs, trial)
+        if searcher.done:
+            break
+        for candidate in searcher.propose():
+            attempts = groups.get(candidate.key, [])
+            if not attempts:
+                st.enqueue(study, candidate)
+            elif not any(t.state in _LIVE for t in attempts):
+                _recover(study, candidate, attempts, earlier_failures, restarted, lost_since,
+                         lost_after=lost_after, max_retry=max_retry)  # fmt: skip
+        if evaluate is not None and waiting_candidates(study):
+            run_one(study, evaluate)
+            continue
+        check_workers()
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(poll_interval)
+    st.set_finished(study, True)
+    return searcher.result()
+
+
+def _by_candidate(trials: list[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
+    groups: dict[str, list[FrozenTrial]] = defaultdict(list)
+    for trial in trials:
+        candidate = st.candidate_of(trial)
+        if candidate is not None:
+            groups[candidate.key].append(trial)
+    return groups
+
+
+def _fail_unstarted(
+    study: optuna.Study,
+    groups: dict[str, list[FrozenTrial]],
+    unstarted_since: dict[int, float],
+    lost_after: float,
+) -> None:
+    """Fail and re-queue trials claimed by a worker that died before its first heartbeat.
+
+    Optuna only ever declares a trial stale from its heartbeats, and a worker killed between
+    claiming a trial and its first beat (milliseconds) leaves one with none: RUNNING forever.
+    A worker records `worker` on the trial as it starts evaluating, so a RUNNING trial seen
+    without it for `lost_after` seconds (by this process's own clock) has lost its worker.
+    """
+    running = {
+        t._trial_id: t
+        for attempts in groups.values()
+        for t in attempts
+        if t.state == TrialState.RUNNING and st.WORKER not in t.user_attrs
+    }
+    now = time.monotonic()
+    for trial_id in list(unstarted_since):
+        if trial_id not in running:
+            del unstarted_since[trial_id]
+    for trial_id, trial in running.items():
+        if now - unstarted_since.setdefault(trial_id, now) <= lost_after:
+            continue
+        del unstarted_since[trial_id]
+        storage = study._storage
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        log.warning("trial %d was claimed but never started; re-queueing it", trial.number)
+        retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+        if retry is not None:
+            retry(study, storage.get_trial(trial_id))
+
+
+def _replay(
+    searcher: Searcher, groups: dict[str, list[FrozenTrial]]
+) -> list[tuple[Observation, FrozenTrial]]:
+    """Feed the searcher every finished candidate it asks for, round after round."""
+    counted = []
+    while not searcher.done:
+        ready = []
+        for candidate in searcher.propose():
+            found = _finished(groups.get(candidate.key, []))
+            if found is not None:
+                ready.append(found)
+        if not ready:
+            break
+        searcher.observe(obs for obs, _ in ready)
+        counted.extend(ready)
+    return counted
+
+
+def _finished(attempts: list[FrozenTrial]) -> tuple[Observation, FrozenTrial] | None:
+    # Several finished copies of one candidate (a stale-but-alive worker raced its retry) have
+    # equal scores; a complete one is preferred, then the oldest, so the choice is stable.
+    ranked = sorted(
+        (t for t in attempts if t.state in _DONE),
+        key=lambda t: (t.state != TrialState.COMPLETE, t.number),
+    )
+    for trial in ranked:
+        obs = st.observation_of(trial)
+        if obs is not None:
+            return obs, trial
+    return None
+
+
+def _recover(
+    study: optuna.Study,
+    candidate: Candidate,
+    attempts: list[FrozenTrial],
+    earlier_failures: set[int],
+    restarted: set[str],
+    lost_since: dict[str, float],
+    *,
+    lost_after: float,
+    max_retry: int | None,
+) -> None:
+    """A proposed candidate whose every trial failed: re-queue it, or give up with a reason."""
+    failed_now = [t for t in attempts if t._trial_id not in earlier_failures]
+    if not failed_now:
+        # Failures of an earlier coordinator's run (a crash, a fixed bug): one fresh try.
+        if candidate.key not in restarted:
+            restarted.add(candidate.key)
+            log.info("re-queueing %s, which failed before this run started", candidate.drop)
+            st.enqueue(study, candidate)
+        return
+    errors = [t for t in failed_now if st.ERROR in t.user_attrs]
+    if errors:
+        trial = errors[-1]
+        raise SearchFailed(
+            f"evaluating drop set {candidate.drop} failed in worker "
+            f"{trial.user_attrs.get(st.WORKER, '?')} (trial {trial.number}): "
+            f"{trial.user_attrs[st.ERROR]}"
+        )
+    if max_retry is not None and len(failed_now) > max_retry:
+        raise SearchFailed(
+            f"the evaluation of drop set {candidate.drop} was lost {len(failed_now)} times "
+            f"(workers stopped beating mid-trial; storage.max_retry={max_retry}); check the "
+            "workers' logs for crashes or out-of-memory kills, then run the same command again"
+        )
+    # RetryHeartbeatStaleTrialCallback queues the retry right after failing the trial; if no
+    # copy shows up, whoever failed it died in between, so queue one ourselves.
+    first_seen = lost_since.setdefault(candidate.key, time.monotonic())
+    if time.monotonic() - first_seen > lost_after:
+        del lost_since[candidate.key]
+        log.warning("re-queueing lost candidate %s", candidate.drop)
+        st.enqueue(study, candidate)

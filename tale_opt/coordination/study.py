@@ -1,0 +1,170 @@
+"""One Optuna study per search: its name, its identity check, and trials <-> observations.
+
+A study is keyed by a fingerprint of everything that determines a candidate's score (model and
+revision, dtype, task and prompt version, splits, scoring, searcher and probe, seed). Options
+that only change when the search stops (epsilon, max_drop) are left out on purpose, so an
+epsilon sweep or a raised cap reuses the evaluations already made instead of repeating them.
+
+Trial user attributes (all under ``tale_opt.``):
+
+* ``candidate`` -- the candidate key; the marker that this trial was enqueued by a
+  coordinator. Workers evaluate only marked trials, the coordinator counts only marked ones.
+* ``drop``, ``probe``, ``round`` -- the candidate, readable in the Optuna dashboard.
+* ``result`` -- {score, status, metrics, extras}, set by the worker in one write.
+* ``worker`` -- who evaluated it; ``error`` -- why the evaluation raised; ``stray`` -- a trial
+  that `study.ask()` created when the queue emptied under a worker's feet (never evaluated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tale_opt.errors import UsageError
+from tale_opt.types import Candidate, DropSet, Observation, Status
+
+MARKER = "tale_opt.candidate"
+DROP, PROBE, ROUND = "tale_opt.drop", "tale_opt.probe", "tale_opt.round"
+RESULT = "tale_opt.result"
+WORKER, ERROR, STRAY = "tale_opt.worker", "tale_opt.error", "tale_opt.stray"
+# Study user attributes.
+FINGERPRINT = "tale_opt.fingerprint"
+CONFIG = "tale_opt.config"  # what a worker needs to rebuild the evaluator (JSON)
+FINISHED = "tale_opt.finished"
+
+# tale_opt logs its own progress; Optuna's per-trial INFO lines would double it.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def fingerprint_hash(fingerprint: Mapping[str, Any]) -> str:
+    """A short, stable hash of a JSON-serializable fingerprint."""
+    text = json.dumps(fingerprint, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def default_study_name(parts: list[Any], fingerprint: Mapping[str, Any]) -> str:
+    """Readable prefix (e.g. task, model, searcher, seed) plus the fingerprint's hash."""
+    slug = "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", str(p)).strip("_") for p in parts)
+    return f"{slug}-{fingerprint_hash(fingerprint)}"
+
+
+def open_study(
+    storage: Any, name: str, fingerprint: Mapping[str, Any], config: Mapping[str, Any]
+) -> optuna.Study:
+    """Create the study `name`, or resume it if its fingerprint is `fingerprint`.
+
+    Raises:
+        UsageError: The study exists but was made for a different search.
+    """
+    fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as stored: plain JSON
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),  # never asked: trials are enqueued
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get(FINGERPRINT)
+    if stored is None:
+        if study.get_trials(deepcopy=False):
+            raise UsageError(
+                f"study {name!r} exists but was not created by tale_opt; choose another study=NAME"
+            )
+        study.set_user_attr(FINGERPRINT, fingerprint)
+        study.set_user_attr(CONFIG, json.loads(json.dumps(config, default=str)))
+    elif stored != fingerprint:
+        raise UsageError(
+            f"study {name!r} belongs to a different search ({_differences(stored, fingerprint)}); "
+            "use another study=NAME, or leave study unset to derive one from the configuration"
+        )
+    return study
+
+
+def load_study(storage: Any, name: str) -> optuna.Study | None:
+    """The existing tale_opt study `name`, or None while it does not exist yet."""
+    try:
+        study = optuna.load_study(
+            study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=0)
+        )
+    except KeyError:
+        return None
+    if FINGERPRINT not in study.user_attrs:
+        return None  # being created right now, or not a tale_opt study
+    return study
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> str:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            inner = _differences(a, b, f"{prefix}{key}.")
+            diffs.extend([inner] if inner else [])
+        elif a != b:
+            diffs.append(f"{prefix}{key}: study has {a!r}, this run has {b!r}")
+    return "; ".join(diffs)
+
+
+def is_finished(study: optuna.Study) -> bool:
+    return bool(study.user_attrs.get(FINISHED, False))
+
+
+def set_finished(study: optuna.Study, finished: bool) -> None:
+    """Tell workers whether the search is over (they leave when it is)."""
+    study.set_user_attr(FINISHED, finished)
+
+
+def enqueue(study: optuna.Study, candidate: Candidate) -> None:
+    """Queue `candidate` as a WAITING trial carrying the marker."""
+    study.enqueue_trial(
+        {},
+        user_attrs={
+            MARKER: candidate.key,
+            DROP: candidate.drop.key,
+            PROBE: candidate.probe,
+            ROUND: len(candidate.drop),
+        },
+    )
+
+
+def candidate_of(trial: FrozenTrial) -> Candidate | None:
+    """The candidate a marked trial stands for; None for any other trial."""
+    attrs = trial.user_attrs
+    if MARKER not in attrs or attrs.get(STRAY):
+        return None
+    return Candidate(DropSet.parse(attrs[DROP]), attrs[PROBE])
+
+
+def result_attrs(observation: Observation) -> dict[str, Any]:
+    """The user attributes a worker stores for a finished evaluation."""
+    return {
+        RESULT: {
+            "score": observation.score,
+            "status": observation.status.value,
+            "metrics": dict(observation.metrics),
+            "extras": dict(observation.extras),
+        }
+    }
+
+
+def observation_of(trial: FrozenTrial) -> Observation | None:
+    """The observation of a finished, marked trial (COMPLETE or PRUNED); else None."""
+    candidate = candidate_of(trial)
+    if candidate is None or trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+        return None
+    result = trial.user_attrs.get(RESULT)
+    if result is None:
+        return None  # pruned before it reported anything
+    return Observation(
+        candidate,
+        float(result["score"]),
+        metrics=dict(result.get("metrics", {})),
+        extras=dict(result.get("extras", {})),
+        status=Status(result.get("status", Status.COMPLETE.value)),
+    )

@@ -1,0 +1,183 @@
+"""A worker: claim marked WAITING trials of a study, evaluate them, report the results.
+
+Each claim goes through `study.optimize(..., n_trials=1)` rather than ask/tell, because only
+`optimize` runs the heartbeat thread and calls `fail_stale_trials` (Optuna runs heartbeats
+inside its optimize loop only). `study.ask()` pops the oldest WAITING trial; when another worker
+emptied the queue between our check and the pop, Optuna creates a fresh sampler trial instead:
+we mark that one `stray` and prune it without evaluating anything, so it is never counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
+from optuna.trial import TrialState
+from sqlalchemy.exc import OperationalError
+
+from tale_opt.coordination import study as st
+from tale_opt.errors import SearchFailed
+from tale_opt.types import Candidate, Observation, Status
+
+log = logging.getLogger("tale_opt.worker")
+
+Evaluate = Callable[[Candidate], Observation]
+
+
+class _Superseded(Exception):
+    """Our trial was failed as stale (we were too slow to beat) and re-queued elsewhere."""
+
+
+@dataclass
+class WorkerStats:
+    evaluated: int = 0  # trials this worker completed
+    superseded: int = 0  # trials taken from us as stale, re-run elsewhere
+    stray: int = 0  # sampler trials created by a lost race, pruned unevaluated
+
+
+@contextlib.contextmanager
+def storage_errors_as_search_failed() -> Iterator[None]:
+    """A database that stops answering mid-search ends it with one clear line, not a trace."""
+    try:
+        yield
+    except (StorageInternalError, OperationalError) as err:
+        cause = err.__cause__ or err
+        reason = " ".join(str(getattr(cause, "orig", None) or cause).split())[:300]
+        raise SearchFailed(
+            f"lost the trial storage ({reason}); once the database answers again, run the "
+            "same command again: finished trials are kept"
+        ) from err
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def waiting_candidates(study: optuna.Study) -> int:
+    """How many marked trials wait to be claimed."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return sum(1 for t in trials if st.candidate_of(t) is not None)
+
+
+def run_one(study: optuna.Study, evaluate: Evaluate, stats: WorkerStats | None = None) -> bool:
+    """Claim and evaluate one waiting trial. Returns whether a candidate was evaluated.
+
+    Raises:
+        Exception: Whatever `evaluate` raised (the trial is then FAIL with its `error` attr).
+    """
+    stats = stats if stats is not None else WorkerStats()
+    claimed: dict[str, int] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        claimed["trial_id"] = trial._trial_id
+        candidate = st.candidate_of(trial)
+        if candidate is None:
+            trial.set_user_attr(st.STRAY, True)
+            raise optuna.TrialPruned("not a tale_opt candidate (queue emptied in a race)")
+        try:
+            trial.set_user_attr(st.WORKER, worker_id())
+            observation = evaluate(candidate)
+            for key, value in st.result_attrs(observation).items():
+                trial.set_user_attr(key, value)
+        except UpdateFinishedTrialError as err:
+            raise _Superseded(str(err)) from err
+        except Exception as err:
+            try:
+                trial.set_user_attr(st.ERROR, f"{type(err).__name__}: {err}"[:2000])
+            except UpdateFinishedTrialError:
+                raise _Superseded(str(err)) from err
+            raise
+        if observation.status is Status.PRUNED:
+            trial.report(observation.score, step=0)
+            raise optuna.TrialPruned(f"bounded by {observation.score}")
+        return observation.score
+
+    try:
+        study.optimize(objective, n_trials=1, catch=(_Superseded,))
+    except Exception:
+        # Telling a trial that was failed as stale raises; that is not our error.
+        if not _was_superseded(study, claimed.get("trial_id")):
+            raise
+    trial_id = claimed.get("trial_id")
+    if trial_id is None:
+        return False
+    trial = study._storage.get_trial(trial_id)
+    if trial.user_attrs.get(st.STRAY):
+        stats.stray += 1
+        return False
+    if _was_superseded(study, trial_id):
+        stats.superseded += 1
+        log.warning(
+            "trial %d was declared stale (no heartbeat for the grace period) and re-queued; "
+            "our result is discarded, the retry's counts",
+            trial.number,
+        )
+        return False
+    stats.evaluated += 1
+    return True
+
+
+def _was_superseded(study: optuna.Study, trial_id: int | None) -> bool:
+    if trial_id is None:
+        return False
+    trial = study._storage.get_trial(trial_id)
+    return trial.state == TrialState.FAIL and st.ERROR not in trial.user_attrs
+
+
+def run_worker(
+    study: optuna.Study,
+    evaluate: Evaluate,
+    *,
+    poll_interval: float = 0.5,
+    idle_timeout: float | None = None,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> WorkerStats:
+    """Evaluate marked trials until the coordinator marks the study finished.
+
+    Args:
+        study: The search's study.
+        evaluate: Scores one candidate (the model stays loaded between calls).
+        poll_interval: Seconds between storage polls while there is nothing to do.
+        idle_timeout: Leave after this many seconds without work (None = wait until finished).
+        keep_going: Checked between trials; False makes the worker leave (e.g. parent gone).
+
+    Returns:
+        Counts of what this worker did.
+    """
+    with storage_errors_as_search_failed():
+        return _work(study, evaluate, poll_interval, idle_timeout, keep_going)
+
+
+def _work(
+    study: optuna.Study,
+    evaluate: Evaluate,
+    poll_interval: float,
+    idle_timeout: float | None,
+    keep_going: Callable[[], bool],
+) -> WorkerStats:
+    stats = WorkerStats()
+    idle_since = time.monotonic()
+    while keep_going() and not st.is_finished(study):
+        if waiting_candidates(study):
+            if run_one(study, evaluate, stats):
+                idle_since = time.monotonic()
+            continue
+        # An idle worker helps notice dead peers: their trials are failed and re-queued.
+        optuna.storages.fail_stale_trials(study)
+        if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
+            log.info("no work for %.0f s; leaving", idle_timeout)
+            break
+        time.sleep(poll_interval)
+    return stats
+
+
+def describe(stats: WorkerStats) -> dict[str, Any]:
+    return {"evaluated": stats.evaluated, "superseded": stats.superseded, "stray": stats.stray}

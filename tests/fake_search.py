@@ -1,0 +1,129 @@
+"""A fake evaluator and process entry points for coordination tests (no model, no torch).
+
+Scores come from `tests.searcher_contract.fake_score`, so they are deterministic per drop set;
+each evaluation can append a line to a log file so tests can count evaluations per candidate
+across processes, and can sleep to keep a trial in flight long enough to kill its worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from searchers.greedy import GreedyElimination
+from tale_opt.types import Candidate, Observation
+from tests.searcher_contract import fake_score
+
+NUM_LAYERS = 8
+
+
+@dataclass
+class FakeEvaluate:
+    """Deterministic score per drop set; optional delay and evaluation log."""
+
+    seed: int = 0
+    sleep: float = 0.0
+    log_dir: str | None = None
+
+    def __call__(self, candidate: Candidate) -> Observation:
+        if self.log_dir is not None:
+            with open(Path(self.log_dir) / f"{os.getpid()}.log", "a") as handle:
+                handle.write(f"start {candidate.drop.key}\n")
+        if self.sleep:
+            time.sleep(self.sleep)
+        score = fake_score(candidate, NUM_LAYERS, self.seed)
+        if self.log_dir is not None:
+            with open(Path(self.log_dir) / f"{os.getpid()}.log", "a") as handle:
+                handle.write(f"done {candidate.drop.key}\n")
+        return Observation(candidate, score, {"accuracy": score}, {"worker_pid": os.getpid()})
+
+
+def make_searcher(**options: Any) -> GreedyElimination:
+    return GreedyElimination(NUM_LAYERS, **{"epsilon": 0.08, **options})
+
+
+def evaluations(log_dir: Path) -> dict[str, int]:
+    """How often each drop set was evaluated to the end, over every process's log."""
+    counts: dict[str, int] = {}
+    for path in Path(log_dir).glob("*.log"):
+        for line in path.read_text().splitlines():
+            kind, _, key = line.partition(" ")
+            if kind == "done":
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def open_test_study(storage_cfg: Mapping[str, Any], name: str, *, create: bool = True):
+    from tale_opt.coordination.storage import StorageConfig, open_storage
+    from tale_opt.coordination.study import load_study, open_study
+
+    storage = open_storage(StorageConfig.from_mapping(storage_cfg), create=create)
+    if create:
+        return open_study(storage, name, {"fake": True}, {"fake": True})
+    return load_study(storage, name)
+
+
+def worker_process(
+    storage_cfg: Mapping[str, Any],
+    name: str,
+    evaluate: FakeEvaluate,
+    idle_timeout: float = 60,
+    barrier: str | None = None,
+) -> None:
+    """Entry point of a spawned fake worker.
+
+    With `barrier` (a directory), the worker writes ``ready-<pid>`` there once connected and
+    starts only when a ``go`` file appears, so that every worker races for the same trials.
+    """
+    from tale_opt.coordination.worker import run_worker
+
+    study = None
+    deadline = time.monotonic() + idle_timeout
+    while study is None and time.monotonic() < deadline:
+        study = open_test_study(storage_cfg, name, create=False)
+        time.sleep(0.05)
+    if barrier is not None:
+        (Path(barrier) / f"ready-{os.getpid()}").touch()
+        while not (Path(barrier) / "go").exists():
+            time.sleep(0.01)
+    run_worker(study, evaluate, poll_interval=0.02, idle_timeout=idle_timeout)
+
+
+def coordinator_process(
+    storage_cfg: Mapping[str, Any], name: str, evaluate: FakeEvaluate | None, out: str
+) -> None:
+    """Entry point of a spawned fake coordinator; writes the result's scores to `out`."""
+    import json
+
+    from tale_opt.coordination.coordinator import run_coordinator
+
+    study = open_test_study(storage_cfg, name)
+    result = run_coordinator(
+        study, make_searcher(), evaluate=evaluate, poll_interval=0.05, lost_after=30
+    )
+    Path(out).write_text(json.dumps(result_digest(result)))
+
+
+def result_digest(result: Any) -> dict[str, Any]:
+    """Everything in a SearchResult except timings: what must not depend on the workers."""
+
+    def obs(o: Observation) -> list[Any]:
+        return [o.drop.key, o.score, o.status.value]
+
+    return {
+        "trajectory": [obs(o) for o in result.trajectory],
+        "best": obs(result.best),
+        "bsba": obs(result.bsba),
+        "threshold": result.threshold,
+        "stop_reason": result.stop_reason,
+        "observations": [obs(o) for o in result.observations],
+    }
+
+
+def exit_with(code: int, threads: int, parent_pid: int) -> None:
+    """A worker that dies at once (spawn target for LocalWorkers tests)."""
+    raise SystemExit(code)

@@ -1,0 +1,161 @@
+"""Storage configuration, study identity and the trial <-> observation mapping."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import optuna
+import pytest
+
+from tale_opt.coordination import study as st
+from tale_opt.coordination.storage import (
+    URL_ENV,
+    StorageConfig,
+    StorageNotReady,
+    mask,
+    open_storage,
+)
+from tale_opt.coordination.worker import run_one
+from tale_opt.errors import UsageError
+from tale_opt.types import Candidate, DropSet, Observation, Status
+from tests.fake_search import FakeEvaluate
+
+
+def sqlite_cfg(tmp_path, **extra):
+    return {"kind": "sqlite", "path": str(tmp_path / "t.db"), **extra}
+
+
+@pytest.mark.parametrize(
+    ("cfg", "fragment"),
+    [
+        ({"kind": "sqlit", "path": "x"}, "Did you mean 'sqlite'?"),
+        ({"kind": "sqlite"}, "storage.path"),
+        ({"kind": "sqlite", "path": "x", "heartbeat": 1}, "no key(s) ['heartbeat']"),
+        ({"kind": "sqlite", "path": "x", "heartbeat_interval": 0}, "heartbeat_interval"),
+        (
+            {"kind": "sqlite", "path": "x", "heartbeat_interval": 5, "grace_period": 5},
+            "grace_period > storage.heartbeat_interval",
+        ),
+        ({"kind": "postgres", "url": "mysql://u@h/db"}, "must start with postgresql://"),
+    ],
+)
+def test_bad_storage_config_names_the_key(cfg, fragment):
+    with pytest.raises(UsageError, match=None) as err:
+        StorageConfig.from_mapping(cfg)
+    assert fragment in str(err.value)
+
+
+def test_postgres_url_comes_from_config_or_environment(monkeypatch):
+    monkeypatch.delenv(URL_ENV, raising=False)
+    with pytest.raises(UsageError, match=URL_ENV):
+        StorageConfig.from_mapping({"kind": "postgres"})
+    monkeypatch.setenv(URL_ENV, "postgresql://u:secret@db:5432/x")
+    cfg = StorageConfig.from_mapping({"kind": "postgres"})
+    assert cfg.url == "postgresql://u:secret@db:5432/x"
+    assert "secret" not in cfg.describe() and "secret" not in " ".join(cfg.join_args())
+    assert mask("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+
+
+def test_unreachable_postgres_is_a_usage_error_within_seconds():
+    started = time.monotonic()
+    cfg = StorageConfig.from_mapping({"kind": "postgres", "url": "postgresql://u@127.0.0.1:1/x"})
+    with pytest.raises(UsageError, match="cannot reach the postgres storage"):
+        open_storage(cfg)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.slow
+def test_postgres_that_never_answers_times_out_within_seconds():
+    # A non-routable address: packets are dropped, so only connect_timeout ends the wait.
+    started = time.monotonic()
+    cfg = StorageConfig.from_mapping(
+        {"kind": "postgres", "url": "postgresql://u@10.255.255.1:5432/x", "connect_timeout": 2}
+    )
+    with pytest.raises(UsageError, match="cannot reach"):
+        open_storage(cfg)
+    assert time.monotonic() - started < 10
+
+
+def test_a_worker_does_not_create_a_storage(tmp_path):
+    cfg = StorageConfig.from_mapping(sqlite_cfg(tmp_path))
+    with pytest.raises(StorageNotReady, match="no sqlite storage at"):
+        open_storage(cfg, create=False)
+    # Neither does it create tables in an empty file (that is the coordinator's job).
+    (tmp_path / "t.db").touch()
+    with pytest.raises(StorageNotReady, match="no tale_opt tables yet"):
+        open_storage(cfg, create=False)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_every_file_storage_has_heartbeats(kind, tmp_path):
+    cfg = StorageConfig.from_mapping({"kind": kind, "path": str(tmp_path / "s")})
+    storage = open_storage(cfg)
+    assert optuna.storages._heartbeat.is_heartbeat_enabled(storage)
+
+
+def test_fingerprint_mismatch_is_refused_with_the_differences(tmp_path):
+    storage = open_storage(StorageConfig.from_mapping(sqlite_cfg(tmp_path)))
+    fingerprint = {"model": {"path": "a"}, "seed": 0, "splits": "s1"}
+    st.open_study(storage, "search", fingerprint, {})
+    st.open_study(storage, "search", dict(fingerprint), {})  # same search: resumes
+    with pytest.raises(UsageError) as err:
+        st.open_study(storage, "search", {**fingerprint, "seed": 1, "model": {"path": "b"}}, {})
+    message = str(err.value)
+    assert "'search' belongs to a different search" in message
+    assert "model.path: study has 'a', this run has 'b'" in message
+    assert "seed: study has 0, this run has 1" in message
+
+
+def test_default_study_name_is_readable_and_keyed_by_the_fingerprint():
+    one = st.default_study_name(["arc_easy", "smollm2/135m", "tale", "s0"], {"a": 1})
+    assert one.startswith("arc_easy-smollm2_135m-tale-s0-")
+    assert one == st.default_study_name(["arc_easy", "smollm2/135m", "tale", "s0"], {"a": 1})
+    assert one != st.default_study_name(["arc_easy", "smollm2/135m", "tale", "s0"], {"a": 2})
+
+
+def test_observation_round_trips_through_a_trial(tmp_path):
+    storage = open_storage(StorageConfig.from_mapping(sqlite_cfg(tmp_path)))
+    study = st.open_study(storage, f"s-{uuid.uuid4().hex}", {"x": 1}, {})
+    candidate = Candidate(DropSet((2, 5)))
+    st.enqueue(study, candidate)
+
+    def evaluate(c):
+        return Observation(c, 0.625, {"accuracy": 0.625}, {"note": "x"})
+
+    assert run_one(study, evaluate)
+    (trial,) = study.get_trials()
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.625
+    assert trial.user_attrs[st.DROP] == "2,5" and trial.user_attrs[st.ROUND] == 2
+    obs = st.observation_of(trial)
+    assert obs == Observation(candidate, 0.625, {"accuracy": 0.625}, {"note": "x"})
+    assert obs.status is Status.COMPLETE
+
+
+def test_a_trial_the_sampler_invents_is_never_evaluated_or_counted(tmp_path):
+    storage = open_storage(StorageConfig.from_mapping(sqlite_cfg(tmp_path)))
+    study = st.open_study(storage, "s", {"x": 1}, {})
+    evaluate = FakeEvaluate(log_dir=str(tmp_path))
+    # The queue is empty, as when another worker took the last trial between our check and
+    # our claim: study.ask() makes a fresh trial, which must be marked and left alone.
+    assert not run_one(study, evaluate)
+    (trial,) = study.get_trials()
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs[st.STRAY] is True
+    assert st.candidate_of(trial) is None and st.observation_of(trial) is None
+    assert not list(tmp_path.glob("*.log"))
+
+
+def test_a_failing_evaluation_records_its_error_and_raises(tmp_path):
+    storage = open_storage(StorageConfig.from_mapping(sqlite_cfg(tmp_path)))
+    study = st.open_study(storage, "s", {"x": 1}, {})
+    st.enqueue(study, Candidate(DropSet((1,))))
+
+    def evaluate(candidate):
+        raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_one(study, evaluate)
+    (trial,) = study.get_trials()
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs[st.ERROR] == "RuntimeError: CUDA out of memory"
