@@ -43,7 +43,9 @@ def worker_settings(
         cores: CPU cores to share (default: those this process may run on).
         threads: torch threads per worker (default: cores // n, at least 1).
     """
-    cores = cores or len(os.sched_getaffinity(0))
+    if cores is None:  # the cores this process may use (sched_getaffinity is Linux-only)
+        affinity = getattr(os, "sched_getaffinity", None)
+        cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
     threads = threads or max(1, cores // n)
     gpus = visible_gpus() if device in ("auto", "cuda") else []
     settings = []
