@@ -19,30 +19,35 @@ from pathlib import Path
 from typing import Any
 
 import searchers
-from searchers.selection import layer_count_speedup, pick_ae_hm
 from tale_opt import worker_main
 from tale_opt.coordination.coordinator import run_coordinator
 from tale_opt.coordination.local_workers import LocalWorkers
 from tale_opt.coordination.storage import StorageConfig, open_storage
 from tale_opt.coordination.study import default_study_name, open_study
 from tale_opt.errors import UsageError, did_you_mean
-from tale_opt.outputs import RunWriter, observation_record
+from tale_opt.outputs import RunWriter
 from tale_opt.report import format_summary_table
+from tale_opt.reported import (
+    accepted_costs,
+    build_summary,
+    evaluate_heldout,
+    pick_configurations,
+)
+from tale_opt.reporting.plots import write_search_plots
 from tale_opt.search_setup import (
     CandidateEvaluator,
     build_evaluator,
     check_eval_options,
     load_task_and_splits,
     model_spec,
-    prediction_rows,
     search_fingerprint,
     study_config,
 )
+from tale_opt.search_tracking import SearchTracking
 from tale_opt.types import Observation, SearchResult
 
 log = logging.getLogger("tale_opt")
 
-PICKS = ("baseline", "best", "bsba", "ae_hm")
 # Used when the config has no storage node (a plain dict from a test or a script).
 DEFAULT_STORAGE = {"kind": "sqlite", "path": "outputs/tale_opt.db"}
 
@@ -94,6 +99,7 @@ class SearchPlan:
     workers: int
     threads: int | None
     lam: float
+    latency: Any  # LatencySettings, or None to skip measuring latency
 
 
 def plan_search(cfg: Mapping[str, Any]) -> SearchPlan:
@@ -115,6 +121,7 @@ def plan_search(cfg: Mapping[str, Any]) -> SearchPlan:
     if isinstance(lam, bool) or not isinstance(lam, int | float) or lam <= 0:
         raise UsageError(f"`ae_hm_lambda` must be a number > 0, but got {lam!r}")
     storage = StorageConfig.from_mapping(cfg.get("storage") or DEFAULT_STORAGE)
+    latency = _latency_settings(cfg.get("latency"))
     config = study_config(cfg)
     check_eval_options(config)
     task, splits = load_task_and_splits(config)
@@ -141,14 +148,43 @@ def plan_search(cfg: Mapping[str, Any]) -> SearchPlan:
     )  # fmt: skip
     return SearchPlan(
         cfg, config, task, splits, spec, searcher, num_layers, storage, study, workers, threads,
-        lam,
+        lam, latency,
     )  # fmt: skip
 
 
-def run(cfg: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Run (or resume) one search described by `cfg` and write its results into `out_dir`."""
+def _latency_settings(node: Mapping[str, Any] | None) -> Any:
+    from tale_opt.cost.latency import LatencySettings
+
+    if node is None:
+        return None
+    try:
+        return LatencySettings.from_mapping(node)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"latency: {err} (latency=null skips measuring)") from err
+
+
+def run(
+    cfg: Mapping[str, Any], out_dir: Path, launch_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Run (or resume) one search described by `cfg` and write its results into `out_dir`.
+
+    `launch_dir` is where the command was started (relative tracking paths resolve there).
+    """
     started = time.perf_counter()
     plan = plan_search(cfg)
+    tracking = SearchTracking.start(cfg, launch_dir=launch_dir, run_name=plan.study.study_name)
+    try:
+        summary = _run(plan, tracking, Path(out_dir), started)
+    except KeyboardInterrupt:
+        tracking.abort("KILLED")
+        raise
+    except BaseException:
+        tracking.abort("FAILED")
+        raise
+    return summary
+
+
+def _run(plan: SearchPlan, tracking: SearchTracking, out_dir: Path, started: float) -> dict:
     evaluate = None
     if plan.workers == 0:
         evaluate = CandidateEvaluator(
@@ -156,36 +192,46 @@ def run(cfg: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
         )
     with RunWriter(out_dir) as writer:
         loaded = time.perf_counter()
-        result = _search(plan, evaluate, writer)
+        result = _search(plan, evaluate, writer, tracking)
         searched = time.perf_counter()
-        picks = _picks(result, plan.num_layers, plan.lam)
-        heldout = _evaluate_heldout(plan, evaluate, picks, writer)
+        evaluator = evaluate.evaluator if evaluate is not None else _load_evaluator(plan)
+        prepared = evaluator.prepare(plan.splits.evaluation)
+        costs = accepted_costs(evaluator, result.trajectory, plan.latency, prepared)
+        tracking.log_costs(costs)
+        picks = pick_configurations(result, plan.num_layers, plan.lam, costs)
+        measured = time.perf_counter()
+        heldout = evaluate_heldout(evaluator, prepared, picks, writer)
         finished = time.perf_counter()
 
-        summary = _summary(
-            cfg, plan.task, plan.splits, plan.num_layers, result, picks, heldout, plan.lam
-        )
+        summary = build_summary(plan, result, picks, heldout, costs)
         summary["study"] = {
             "name": plan.study.study_name,
             "storage": plan.storage.describe(),
             "workers": plan.workers,
         }
+        if tracking.parent_run_id is not None:
+            summary["tracking"] = {"uri": tracking.uri, "parent_run_id": tracking.parent_run_id}
         summary["timings"] = {
             "load_s": round(loaded - started, 2),
             "search_s": round(searched - loaded, 2),
-            "heldout_s": round(finished - searched, 2),
+            "latency_s": round(measured - searched, 2),
+            "heldout_s": round(finished - measured, 2),
             "total_s": round(finished - started, 2),
             "candidates": len(result.observations),
             "per_candidate_s": round((searched - loaded) / max(1, len(result.observations)), 3),
         }
         writer.write_summary(summary)
     table = format_summary_table(summary)
-    (Path(out_dir) / "summary.md").write_text(table + "\n")
+    (out_dir / "summary.md").write_text(table + "\n")
+    write_search_plots(out_dir)
+    tracking.finish(summary, out_dir)
     print(table)
     return summary
 
 
-def _search(plan: SearchPlan, evaluate: Any, writer: RunWriter) -> SearchResult:
+def _search(
+    plan: SearchPlan, evaluate: Any, writer: RunWriter, tracking: SearchTracking
+) -> SearchResult:
     """Coordinate the search: in this process (`evaluate`) or with `plan.workers` workers."""
     local = None
     if plan.workers > 0:
@@ -209,6 +255,7 @@ def _search(plan: SearchPlan, evaluate: Any, writer: RunWriter) -> SearchResult:
             len(obs.drop), obs.drop, obs.score, trial.number,
         )  # fmt: skip
         writer.record_candidate(obs, round_no=len(obs.drop))
+        tracking.log_configuration(obs)
         if not obs.drop:
             writer.write_predictions("optimization_baseline", obs.extras.get("predictions", []))
         state = getattr(searcher, "state", None)
@@ -236,62 +283,9 @@ def _search(plan: SearchPlan, evaluate: Any, writer: RunWriter) -> SearchResult:
     return result
 
 
-def _evaluate_heldout(
-    plan: SearchPlan, evaluate: Any, picks: dict[str, Observation], writer: RunWriter
-) -> dict[str, Any]:
-    """Evaluate each picked configuration once on the held-out split (touched only now)."""
+def _load_evaluator(plan: SearchPlan) -> Any:
+    """The workers have left: load the model here, once, for latency and the held-out split."""
     from tale_opt.model.loading import load_model
 
-    if evaluate is not None:
-        evaluator = evaluate.evaluator
-    else:  # the workers have left; load the model here, once
-        model, tokenizer = load_model(plan.spec)
-        evaluator = build_evaluator(plan.config, model, tokenizer, plan.task)
-    prepared = evaluator.prepare(plan.splits.evaluation)
-    heldout: dict[str, Any] = {}
-    by_drop: dict[str, Any] = {}
-    for pick, obs in picks.items():
-        if obs.drop.key not in by_drop:
-            res = evaluator.evaluate(prepared, obs.drop, progress=f"held-out {pick}")
-            by_drop[obs.drop.key] = res
-            writer.write_predictions(f"heldout_{pick}", prediction_rows(res))
-        heldout[pick] = by_drop[obs.drop.key].metrics()
-    return heldout
-
-
-def _picks(result: SearchResult, num_layers: int, lam: float) -> dict[str, Observation]:
-    speedup = layer_count_speedup(num_layers)
-    aehm = pick_ae_hm(result.trajectory, result.baseline.score, lam, speedup)
-    return {"baseline": result.baseline, "best": result.best, "bsba": result.bsba, "ae_hm": aehm}
-
-
-def _summary(cfg, task, splits, num_layers, result, picks, heldout, lam) -> dict[str, Any]:
-    speedup = layer_count_speedup(num_layers)
-    configs = {}
-    for name, obs in picks.items():
-        configs[name] = {
-            **observation_record(obs),
-            "n_layers": num_layers - len(obs.drop),
-            "speedup_estimate": round(speedup(obs), 4),
-            "heldout": heldout[name],
-        }
-    return {
-        "model": cfg["model"].get("name", cfg["model"].get("path")),
-        "model_path": cfg["model"].get("path"),
-        "task": task.name,
-        "searcher": cfg["searcher"].get("name"),
-        "scoring": cfg["eval"].get("scoring"),
-        "seed": cfg["seed"],
-        "num_layers": num_layers,
-        "n_opt": len(splits.optimization),
-        "n_eval": len(splits.evaluation),
-        "splits_fingerprint": splits.fingerprint,
-        "prompt_version": task.prompt_version,
-        "epsilon": cfg["searcher"].get("epsilon"),
-        "baseline_accuracy": result.baseline.score,
-        "threshold": result.threshold,
-        "stop_reason": result.stop_reason,
-        "ae_hm_lambda": lam,
-        "trajectory": [observation_record(obs) for obs in result.trajectory],
-        **configs,
-    }
+    model, tokenizer = load_model(plan.spec)
+    return build_evaluator(plan.config, model, tokenizer, plan.task)

@@ -1,10 +1,11 @@
-"""Command line: `python -m tale_opt [overrides]`, `... worker [overrides]`, `... export ...`.
+"""Command line: `python -m tale_opt [overrides]`, and the subcommands `worker`, `export`,
+`bench` and `report`.
 
 The search command is a Hydra app over the groups in conf/ (model, task, searcher, eval,
-storage, experiment). `worker` composes conf/worker.yaml (storage group + study name) and joins
-a running search. Bad input -- an unknown group choice or key, a missing path, a malformed data
-file, an invalid value -- prints one `error:` line naming the problem and the fix and exits
-with code 2; `debug=true` shows the traceback instead.
+storage, tracking, experiment). `worker` composes conf/worker.yaml (storage group + study
+name) and joins a running search. Bad input -- an unknown group choice or key, a missing
+path, a malformed data file, an invalid value -- prints one `error:` line naming the problem
+and the fix and exits with code 2; `debug=true` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from pathlib import Path
 from tale_opt.errors import SearchFailed, UsageError, did_you_mean
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("model", "task", "searcher", "eval", "storage", "experiment")
+GROUPS = ("model", "task", "searcher", "eval", "storage", "tracking", "experiment")
 EXIT_USAGE = 2
+# argparse subcommands: name -> module with `main(argv)`.
+SUBCOMMANDS = {
+    "export": "tale_opt.export_cli",
+    "bench": "tale_opt.bench_cli",
+    "report": "tale_opt.report_cli",
+}
 
 
 def _fail(err: BaseException, debug: bool) -> None:
@@ -70,10 +77,10 @@ def _is_debug(argv: Sequence[str]) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "export":
-        from tale_opt.export_cli import main as export_main
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
 
-        export_main(argv[1:])
+        importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
         return
     if argv and argv[0] == "worker":
         _worker(argv[1:])
@@ -93,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _search(cfg) -> None:  # the Hydra task function
     from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
     from omegaconf import OmegaConf
 
     debug = bool(cfg.get("debug", False))
@@ -101,7 +109,7 @@ def _search(cfg) -> None:  # the Hydra task function
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         from tale_opt import app
 
-        app.run(container, out_dir)
+        app.run(container, out_dir, launch_dir=get_original_cwd())
     except (UsageError, SearchFailed) as err:
         _fail(err, debug)
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tale_opt.errors import UsageError, did_you_mean
-from tale_opt.types import Candidate, Observation
+from tale_opt.types import Candidate, DropSet, Observation
 
 log = logging.getLogger("tale_opt")
 
@@ -177,14 +177,31 @@ class CandidateEvaluator:
                 f"this evaluator scores the probe 'task_accuracy', but the candidate asks for "
                 f"{candidate.probe!r}"
             )
+        return self._task_accuracy(candidate)
+
+    def _task_accuracy(self, candidate: Candidate) -> Observation:
         label = f"round {len(candidate.drop)} drop {candidate.drop}" if self.progress else False
         res = self.evaluator.evaluate(self.prepared, candidate.drop, progress=label)
+        metrics = {**res.metrics(), "tflops": self.tflops(candidate.drop)}
         extras: dict[str, Any] = {}
         if not candidate.drop:
             # The baseline's per-example predictions are a result file; they travel with the
             # trial because the coordinator may be on another machine.
             extras["predictions"] = prediction_rows(res)
-        return Observation(candidate, res.accuracy, res.metrics(), extras)
+        return Observation(candidate, res.accuracy, metrics, extras)
+
+    def tflops(self, drop: DropSet) -> float:
+        """Analytic TFLOPs of scoring the optimization split without the layers in `drop`.
+
+        In ``generate`` mode every reply is counted at ``max_new_tokens`` (an upper bound:
+        replies that stop early cost less).
+        """
+        from tale_opt.cost.workload import evaluation_flops
+
+        flops = evaluation_flops(
+            self.model.config, drop, self.prepared, max_new_tokens=self.evaluator.max_new_tokens
+        )
+        return flops.tflops
 
 
 def prediction_rows(res: Any) -> list[dict[str, Any]]:

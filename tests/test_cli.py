@@ -11,18 +11,28 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
+# Searches run with the default tracking (MLflow) but into a throwaway SQLite file, never into
+# the checkout's mlflow.db.
+MLFLOW_URI = f"sqlite:///{tempfile.mkdtemp(prefix='tale_opt_mlflow_')}/mlflow.db"
 
 
 def run_cli(
     *args: str, cwd: Path = ROOT, timeout: int = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "MLFLOW_TRACKING_URI": MLFLOW_URI,
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, "-m", "tale_opt", *args],
         cwd=cwd,
@@ -77,6 +87,33 @@ def test_search_end_to_end_writes_every_result_file(tiny_model_dir, tmp_path):
     heldout = (run_dir / "predictions" / "heldout_baseline.jsonl").read_text().splitlines()
     assert len(heldout) == 5
     assert "| Baseline |" in proc.stdout and "| BSBA |" in proc.stdout
+    assert summary["final"]["drop_layers"] == summary["trajectory"][-1]["drop_layers"]
+    # Costs: held-out TFLOPs fall with every dropped layer; latency was measured for each
+    # accepted configuration and the speed-up of the baseline over itself is exactly 1.
+    assert summary["baseline"]["speedup_measured"] == 1.0
+    for step in summary["trajectory"]:
+        assert set(step["latency"]) == {"b1", "b8"}
+        assert step["latency"]["b1"]["ttft_ms"] > 0
+    tflops = [step["tflops"] for step in summary["trajectory"]]
+    assert tflops == sorted(tflops, reverse=True) and len(set(tflops)) == len(tflops)
+    assert (run_dir / "trajectory.png").is_file() and (run_dir / "summary.md").is_file()
+    # MLflow (the default tracking): one parent run, one child per evaluated configuration.
+    from tale_opt.tracking.query import child_runs, search_runs
+
+    parent_id = summary["tracking"]["parent_run_id"]
+    [parent] = search_runs(MLFLOW_URI, "tale_opt", run_ids=[parent_id])
+    assert parent.status == "FINISHED"
+    assert parent.tags["model"] == "tiny-llama" and parent.tags["task"] == "arc_easy"
+    assert parent.metrics["bsba.heldout.accuracy"] == summary["bsba"]["heldout"]["accuracy"]
+    children = child_runs(MLFLOW_URI, parent_id)
+    assert sorted(c.tags["tale_opt.drop_key"] for c in children) == sorted(
+        r["drop_key"] for r in rows
+    )
+    by_drop = {c.tags["tale_opt.drop_key"]: c for c in children}
+    for step in summary["trajectory"]:
+        child = by_drop[",".join(str(i) for i in step["drop_layers"])]
+        assert child.metrics["accuracy"] == step["score"]
+        assert child.metrics["tflops"] > 0 and child.metrics["latency.b1.ttft_ms"] > 0
 
 
 def test_export_of_a_finished_run_reloads_with_plain_transformers(tiny_model_dir, tmp_path):
@@ -94,6 +131,47 @@ def test_export_of_a_finished_run_reloads_with_plain_transformers(tiny_model_dir
 
     dropped = json.loads((run_dir / "summary.json").read_text())["bsba"]["drop_layers"]
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 4 - len(dropped)
+
+    # `bench` compares the baseline with the same drop set in memory and as exported.
+    drop = ",".join(str(i) for i in dropped) or "0"
+    bench = tmp_path / "bench.json"
+    proc = run_cli(
+        "bench", "--model", str(tiny_model_dir), "--drop", drop, "--checkpoint", str(out),
+        "--batch-sizes", "1,2", "--prompt-tokens", "8", "--new-tokens", "4", "--repeats", "2",
+        "--json", str(bench),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(bench.read_text())
+    assert [r["label"] for r in rows][0] == "baseline" and len(rows) == 3
+    assert "tokens/s" in proc.stdout
+
+
+def test_tracking_none_and_report_subcommand(tiny_model_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = (
+        f"model.path={tiny_model_dir}", "n_opt=4", "n_eval=4", "searcher.max_drop=1",
+        "latency=null", f"storage.path={tmp_path / 't.db'}",
+    )  # fmt: skip
+    off = run_cli(*common, "tracking=none", f"hydra.run.dir={tmp_path / 'off'}",
+                  env={"MLFLOW_TRACKING_URI": uri})  # fmt: skip
+    assert off.returncode == 0, off.stderr[-3000:]
+    assert "tracking" not in json.loads((tmp_path / "off" / "summary.json").read_text())
+    assert not (tmp_path / "mlflow.db").exists()
+    for seed in (0, 1):
+        proc = run_cli(*common, f"seed={seed}", f"hydra.run.dir={tmp_path / f's{seed}'}",
+                       env={"MLFLOW_TRACKING_URI": uri})  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads((tmp_path / f"s{seed}" / "summary.json").read_text())
+        assert "speedup_measured" not in summary["best"]  # latency=null: estimate only
+    report = tmp_path / "report"
+    proc = run_cli("report", "--tracking-uri", uri, "--out", str(report))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (report / "comparison.md").read_text()
+    assert text.count("| tale |") >= 2 and "Final held-out %" in text
+    assert (report / "comparison.png").stat().st_size > 0
+    missing = run_cli("report", "--tracking-uri", uri, "--experiment", "nope", "--out",
+                      str(tmp_path / "r2"))  # fmt: skip
+    assert_usage_error(missing, "nope")
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,8 @@ from typing import Any
 
 from tale_opt.tracking.records import PICKS
 
-SHOWN_PICKS = ("best", "bsba")
+# Final (most layers dropped; k of them with n_drop=k) compares criteria at equal sparsity.
+SHOWN_PICKS = ("best", "bsba", "final")
 COMPARISON_MD = "comparison.md"
 COMPARISON_PNG = "comparison.png"
 
@@ -111,7 +112,7 @@ def _dropped(pick: PickView) -> str:
 
 
 def runs_table(views: Sequence[SearchView]) -> str:
-    """One row per search: the baseline, then Best and BSBA side by side."""
+    """One row per search: the baseline, then Best, BSBA and Final side by side."""
     head = [
         "run",
         "model",
@@ -174,8 +175,8 @@ def groups_table(views: Sequence[SearchView]) -> str:
         groups.setdefault((v.model, v.task, v.searcher), []).append(v)
     lines = [
         "| model | task | searcher | runs | baseline held-out % | Best held-out % | Best dropped "
-        "| BSBA held-out % | BSBA dropped |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| BSBA held-out % | BSBA dropped | Final held-out % | Final dropped |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (model, task, searcher), members in sorted(groups.items()):
 
@@ -189,7 +190,9 @@ def groups_table(views: Sequence[SearchView]) -> str:
             f"| {_mean_sd(col('best', 'heldout_accuracy'))} "
             f"| {_mean_sd(col('best', 'n_dropped'), scale=1)} "
             f"| {_mean_sd(col('bsba', 'heldout_accuracy'))} "
-            f"| {_mean_sd(col('bsba', 'n_dropped'), scale=1)} |"
+            f"| {_mean_sd(col('bsba', 'n_dropped'), scale=1)} "
+            f"| {_mean_sd(col('final', 'heldout_accuracy'))} "
+            f"| {_mean_sd(col('final', 'n_dropped'), scale=1)} |"
         )
     return "\n".join(lines)
 

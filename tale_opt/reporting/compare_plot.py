@@ -1,7 +1,7 @@
 """The comparison PNG: held-out accuracy vs layers dropped, and optimization trajectories.
 
 One colour per searcher (seeds of one searcher share it, so criteria are told apart at a
-glance), one line style per model × task. Left: each search's Baseline, Best and BSBA on the
+glance), one line style per model × task. Left: each search's Baseline, Best, BSBA and Final on the
 held-out split, joined in order of layers dropped. Right: the accepted trajectory on the
 optimization split.
 """
@@ -15,7 +15,7 @@ from tale_opt.reporting._mpl import pyplot, save
 from tale_opt.reporting.compare import SearchView
 
 _STYLES = ("-", "--", ":", "-.")
-_MARKERS = {"baseline": "o", "best": "*", "bsba": "D"}
+_MARKERS = {"baseline": "o", "best": "*", "bsba": "D", "final": "s"}
 
 
 def plot_comparison(views: Sequence[SearchView], path: str | Path) -> Path:
@@ -64,7 +64,7 @@ def plot_comparison(views: Sequence[SearchView], path: str | Path) -> Path:
         ]
     handles += [
         plt.Line2D([], [], color="0.3", marker=m, ls="none", label=n)
-        for n, m in (("Baseline", "o"), ("Best", "*"), ("BSBA", "D"))
+        for n, m in (("Baseline", "o"), ("Best", "*"), ("BSBA", "D"), ("Final", "s"))
     ]
     left.set_title("held-out accuracy of the reported configurations", fontsize=10)
     left.set_xlabel("layers dropped")

@@ -43,7 +43,13 @@ SEARCH_TAGS = {
 }
 
 # The configurations a finished search reports (summary.json keys), and their display names.
-PICKS = (("baseline", "Baseline"), ("best", "Best"), ("bsba", "BSBA"), ("ae_hm", "AE-HM"))
+PICKS = (
+    ("baseline", "Baseline"),
+    ("best", "Best"),
+    ("bsba", "BSBA"),
+    ("ae_hm", "AE-HM"),
+    ("final", "Final"),
+)
 
 
 def sanitize_key(key: str) -> str:
@@ -131,9 +137,10 @@ def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """Parent-run metrics of a finished search, from its summary.json content.
 
     Names: ``baseline_accuracy``, ``threshold``, ``num_layers``, ``n_opt``, ``n_eval``, and per
-    pick (``baseline``, ``best``, ``bsba``, ``ae_hm``): ``<pick>.score``, ``<pick>.n_dropped``,
-    ``<pick>.n_layers``, ``<pick>.speedup_estimate``, ``<pick>.heldout.accuracy``,
-    ``<pick>.heldout.invalid_rate`` ..., and whatever else numeric the pick holds
+    pick (``baseline``, ``best``, ``bsba``, ``ae_hm``, ``final``): ``<pick>.score``,
+    ``<pick>.n_dropped``, ``<pick>.n_layers``, ``<pick>.speedup_estimate``,
+    ``<pick>.heldout.accuracy``, ``<pick>.heldout.invalid_rate`` ..., and whatever else
+    numeric the pick holds
     (``<pick>.tflops``, ``<pick>.latency.b1.ttft_ms``, ``<pick>.speedup_measured``).
     """
     out = numeric_metrics(

@@ -1,0 +1,119 @@
+"""What a finished search reports: its picks, their costs and their held-out accuracy.
+
+The picks are Baseline, Best, BSBA (paper), AE-HM (appendix J) and Final (the last accepted
+configuration: most layers dropped; with `n_drop=k`, the one with k). AE-HM uses the measured
+speed-up where latency was measured and the layer-count estimate otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from searchers.selection import layer_count_speedup, pick_ae_hm
+from tale_opt.outputs import RunWriter, observation_record
+from tale_opt.search_setup import prediction_rows
+from tale_opt.types import DropSet, Observation, SearchResult
+
+log = logging.getLogger("tale_opt")
+
+PICKS = ("baseline", "best", "bsba", "ae_hm", "final")
+
+
+def accepted_costs(
+    evaluator: Any, trajectory: Sequence[Observation], latency: Any, prepared: Any
+) -> dict[DropSet, dict[str, Any]]:
+    """TFLOPs of the held-out evaluation and (unless latency=null) measured latency of every
+    accepted configuration, on this process's device."""
+    from tale_opt.cost.bench import pick_costs
+
+    names = {obs.drop.key or "baseline": obs.drop for obs in trajectory}
+    if latency is not None:
+        log.info("measuring latency of %d accepted configuration(s)", len(names))
+    costs = pick_costs(
+        evaluator.model,
+        names,
+        latency,
+        prepared=prepared,
+        max_new_tokens=evaluator.max_new_tokens,
+    )
+    return {names[name]: cost for name, cost in costs.items()}
+
+
+def evaluate_heldout(
+    evaluator: Any, prepared: Any, picks: dict[str, Observation], writer: RunWriter
+) -> dict[str, Any]:
+    """Evaluate each picked configuration once on the held-out split (touched only now)."""
+    heldout: dict[str, Any] = {}
+    by_drop: dict[str, Any] = {}
+    for pick, obs in picks.items():
+        if obs.drop.key not in by_drop:
+            res = evaluator.evaluate(prepared, obs.drop, progress=f"held-out {pick}")
+            by_drop[obs.drop.key] = res
+            writer.write_predictions(f"heldout_{pick}", prediction_rows(res))
+        heldout[pick] = by_drop[obs.drop.key].metrics()
+    return heldout
+
+
+def _speedup(num_layers: int, costs: Mapping[DropSet, Mapping[str, Any]]):
+    """Measured speed-up where latency was measured, else the layer-count estimate."""
+    estimate = layer_count_speedup(num_layers)
+
+    def speedup(obs: Observation) -> float:
+        measured = costs.get(obs.drop, {}).get("speedup_measured")
+        return float(measured) if measured is not None else estimate(obs)
+
+    return speedup
+
+
+def pick_configurations(
+    result: SearchResult, num_layers: int, lam: float, costs: Mapping[DropSet, Mapping[str, Any]]
+) -> dict[str, Observation]:
+    speedup = _speedup(num_layers, costs)
+    aehm = pick_ae_hm(result.trajectory, result.baseline.score, lam, speedup)
+    return {
+        "baseline": result.baseline,
+        "best": result.best,
+        "bsba": result.bsba,
+        "ae_hm": aehm,
+        "final": result.trajectory[-1],
+    }
+
+
+def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
+    """summary.json: the search's settings, trajectory and every pick with its held-out metrics."""
+    cfg, task, splits, num_layers = plan.cfg, plan.task, plan.splits, plan.num_layers
+    estimate = layer_count_speedup(num_layers)
+    configs = {}
+    for name, obs in picks.items():
+        configs[name] = {
+            **observation_record(obs),
+            "n_layers": num_layers - len(obs.drop),
+            "speedup_estimate": round(estimate(obs), 4),
+            **costs.get(obs.drop, {}),
+            "heldout": heldout[name],
+        }
+    return {
+        "model": cfg["model"].get("name", cfg["model"].get("path")),
+        "model_path": cfg["model"].get("path"),
+        "task": task.name,
+        "searcher": cfg["searcher"].get("name"),
+        "probe": getattr(plan.searcher, "probe", "task_accuracy"),
+        "scoring": cfg["eval"].get("scoring"),
+        "seed": cfg["seed"],
+        "num_layers": num_layers,
+        "n_opt": len(splits.optimization),
+        "n_eval": len(splits.evaluation),
+        "splits_fingerprint": splits.fingerprint,
+        "prompt_version": task.prompt_version,
+        "epsilon": cfg["searcher"].get("epsilon"),
+        "baseline_accuracy": result.baseline.score,
+        "threshold": result.threshold,
+        "stop_reason": result.stop_reason,
+        "ae_hm_lambda": plan.lam,
+        "trajectory": [
+            {**observation_record(obs), **costs.get(obs.drop, {})} for obs in result.trajectory
+        ],
+        **configs,
+    }

@@ -1,0 +1,103 @@
+"""What one search records in its tracker: a parent run, a child run per configuration.
+
+The coordinator is the one process that sees every finished evaluation (its own and those of
+workers on other machines), so it logs each child run as the observation arrives; a resumed
+search reopens its parent run (same `search_key`) and does not log a configuration twice.
+Tracking is best-effort throughout: the tracker warns on backend failures, never raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tale_opt.tracking import (
+    NullTracker,
+    Tracker,
+    TrackingSettings,
+    build_tracker,
+    flatten_params,
+    search_key,
+    search_tags,
+)
+from tale_opt.types import DropSet, Observation
+
+# Config nodes that are not about the search itself (Hydra's own node never reaches here).
+_NOT_PARAMS = ("debug",)
+
+
+class SearchTracking:
+    """The tracker of one search and its parent run id.
+
+    Use `SearchTracking.start(cfg, launch_dir=...)`; `tracking=none` (or no `tracking` node)
+    gives an instance that records nothing.
+    """
+
+    def __init__(self, tracker: Tracker, parent_run_id: str | None = None) -> None:
+        self.tracker = tracker
+        self.parent_run_id = parent_run_id
+        self._children: dict[str, str] = {}
+
+    @classmethod
+    def start(
+        cls, cfg: Mapping[str, Any], *, launch_dir: str | Path | None, run_name: str
+    ) -> SearchTracking:
+        """Validate `cfg["tracking"]` and open (or reopen) the search's parent run.
+
+        Raises:
+            UsageError: An invalid tracking node. An unreachable backend only warns.
+        """
+        settings = TrackingSettings.from_mapping(cfg.get("tracking"))
+        if settings.kind == "none":
+            return cls(NullTracker())
+        tracker = build_tracker(settings, base_dir=launch_dir)
+        params = {k: v for k, v in cfg.items() if k not in _NOT_PARAMS}
+        parent = tracker.start_search(
+            params,
+            search_tags(params),
+            run_name=run_name,
+            search_key=search_key(flatten_params(params)),
+        )
+        return cls(tracker, parent)
+
+    @property
+    def uri(self) -> str | None:
+        settings = getattr(self.tracker, "settings", None)
+        return None if self.parent_run_id is None or settings is None else settings.uri
+
+    def log_configuration(self, obs: Observation) -> None:
+        """One child run for an evaluated configuration (score, accuracy, TFLOPs, ...)."""
+        if self.parent_run_id is None:
+            return
+        metrics = {"score": obs.score, **dict(obs.metrics)}
+        run_id = self.tracker.log_configuration(
+            self.parent_run_id,
+            obs.drop.key,
+            len(obs.drop),
+            metrics,
+            params={"probe": obs.candidate.probe},
+            status=obs.status.value,
+        )
+        if run_id is not None:
+            self._children[obs.drop.key] = run_id
+
+    def log_costs(self, costs: Mapping[DropSet, Mapping[str, Any]]) -> None:
+        """Latency and measured speed-up of accepted configurations, into their child runs."""
+        for drop, cost in costs.items():
+            run_id = self._children.get(drop.key)
+            if run_id is not None:
+                self.tracker.log_metrics(cost, run_id=run_id)
+
+    def finish(self, summary: Mapping[str, Any], out_dir: Path) -> None:
+        """Summary metrics and tags, the run's tables and plots, then close the parent run."""
+        if self.parent_run_id is None:
+            return
+        self.tracker.log_summary(summary)
+        self.tracker.log_artifacts(out_dir)
+        self.tracker.finish("FINISHED")
+
+    def abort(self, status: str) -> None:
+        """Close the parent run as FAILED or KILLED (a resume reopens it)."""
+        if self.parent_run_id is not None:
+            self.tracker.finish(status)
