@@ -83,7 +83,7 @@ def test_cli_search_runs_a_generative_task_end_to_end(name, extra, tmp_path: Pat
     run_dir = tmp_path / "run"
     proc = run_cli(
         f"task={name}", "n_opt=3", "n_eval=3", "searcher.max_drop=1", "eval.batch_size=4",
-        _protect_all_but(3), f"hydra.run.dir={run_dir}", *extra,
+        _protect_all_but(3), "latency=null", f"hydra.run.dir={run_dir}", *extra,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
