@@ -24,11 +24,16 @@ pytestmark = pytest.mark.slow
 
 
 def search_args(model_dir: Path, storage: Path | str, run_dir: Path, *extra: str) -> list[str]:
-    """A 4-layer search of 8 candidates; `storage` is a SQLite path or storage=... args."""
+    """A 4-layer search of 8 candidates; `storage` is a SQLite path or storage=... args.
+
+    Latency is not measured: AE-HM would then use measured (noisy) speed-ups, and these tests
+    compare picks across runs.
+    """
     where = [f"storage.path={storage}"] if isinstance(storage, Path) else storage.split()
     return [
         f"model.path={model_dir}", "model.name=tiny", "n_opt=6", "n_eval=5",
-        "searcher.max_drop=2", "eval.batch_size=4", *where, f"hydra.run.dir={run_dir}", *extra,
+        "searcher.max_drop=2", "eval.batch_size=4", "latency=null", *where,
+        f"hydra.run.dir={run_dir}", *extra,
     ]  # fmt: skip
 
 
