@@ -183,3 +183,40 @@ def test_a_sweep_gives_each_job_its_directory_and_shares_studies_only_across_eps
     assert len(summaries) == 4
     studies = {(s["n_opt"], s["epsilon"]): s["study"]["name"] for s in summaries}
     assert studies[(4, 0.08)] == studies[(4, 1.0)] != studies[(6, 0.08)] == studies[(6, 1.0)]
+
+
+def test_sigkill_of_the_coordinator_then_the_same_command_finishes_the_same_search(
+    tiny_model_dir, tmp_path
+):
+    """Kill -9 the CLI mid-search; rerunning the command resumes and changes nothing."""
+    # 300 examples make a candidate slow enough (~0.1-0.5 s) to be killed between two.
+    slow = ("n_opt=300", "storage.heartbeat_interval=1", "storage.grace_period=3")
+    uninterrupted = tmp_path / "uninterrupted"
+    proc = run_cli(*search_args(tiny_model_dir, tmp_path / "u.db", uninterrupted, *slow))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    storage, run_dir = tmp_path / "k.db", tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "tale_opt", *search_args(tiny_model_dir, storage, run_dir, *slow)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    csv_path = run_dir / "candidate_results.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and victim.poll() is None:
+        if csv_path.exists() and len(csv_path.read_text().splitlines()) >= 1 + 3:
+            break
+        time.sleep(0.02)
+    victim.kill()
+    victim.wait(timeout=30)
+    done = len(csv_path.read_text().splitlines()) - 1
+    assert 3 <= done < 8, f"the kill should land mid-search, but {done} of 8 were done"
+    assert not (run_dir / "summary.json").exists()
+
+    again = run_cli(*search_args(tiny_model_dir, storage, run_dir, *slow))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{done} evaluated already" in again.stdout + again.stderr
+    assert outcome(run_dir) == outcome(uninterrupted)
+    name = json.loads((run_dir / "summary.json").read_text())["study"]["name"]
+    keys = candidate_keys(study_trials(storage, name))
+    assert len(keys) == len(set(keys)) == 8, "no candidate was counted twice"
