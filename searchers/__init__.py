@@ -7,16 +7,32 @@ any process can rebuild it by replaying completed observations from storage.
 
 from searchers.base import Searcher
 from searchers.greedy import GreedyElimination
+from searchers.greedy_variants import SLEB, TalePerplexity
+from searchers.oneshot import AngularDistance, BlockInfluence, OneShotSearcher, PerplexityRanking
+from searchers.random_drop import RandomDrop
 from searchers.selection import ae_hm, pick_ae_hm, pick_best, pick_bsba
 
 REGISTRY: dict[str, type] = {
     "tale": GreedyElimination,
+    "tale_ppl": TalePerplexity,
+    "sleb": SLEB,
+    "perplexity": PerplexityRanking,
+    "cosine": BlockInfluence,
+    "angular": AngularDistance,
+    "random": RandomDrop,
 }
 
 __all__ = [
     "REGISTRY",
+    "SLEB",
+    "AngularDistance",
+    "BlockInfluence",
     "GreedyElimination",
+    "OneShotSearcher",
+    "PerplexityRanking",
+    "RandomDrop",
     "Searcher",
+    "TalePerplexity",
     "ae_hm",
     "pick_ae_hm",
     "pick_best",

@@ -15,8 +15,9 @@ class Searcher(Protocol):
     Contract (pinned by tests/searcher_contract.py, which every searcher's tests inherit):
 
     * `propose()` is a query: it returns the same candidates until `observe` is called, and
-      never a candidate that was already observed. An empty list while not `done` means
-      "wait for results still in flight".
+      never a candidate that was already observed (except one observed only as pruned whose
+      upper bound does not prove it loses: it is proposed again, to be evaluated in full).
+      An empty list while not `done` means "wait for results still in flight".
     * `observe()` is idempotent and order-insensitive: state is derived from a memo keyed by
       candidate, so replaying completed trials in any order rebuilds the same searcher.
     * Candidates never name an out-of-range or protected layer.

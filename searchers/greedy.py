@@ -8,15 +8,74 @@ observations, which is what makes `observe` idempotent and order-insensitive.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from searchers.options import check_n_drop, check_text
 from searchers.selection import pick_best, pick_bsba
 from tale_opt.types import Candidate, DropSet, Observation, SearchResult
 
 BELOW_THRESHOLD = "below_threshold"
 MAX_DROP = "max_drop_reached"
 EXHAUSTED = "no_layers_left"
+# Probes whose score ranks candidates (the hidden-state probes only describe the full model).
+SCORING_PROBES = ("task_accuracy", "perplexity")
+
+
+def rank_key(score: Any, added_layer: int) -> tuple[Any, int]:
+    """How one round's candidates are ranked: higher score first, then the lower index of the
+    layer added this round (the first maximum in ascending layer order, as the reference).
+
+    `score` may be an accuracy or a count of correct examples: within one round every candidate
+    is scored on the same examples, so both rank alike.
+    """
+    return (score, -added_layer)
+
+
+def added_layers(drop: DropSet, rival: DropSet) -> tuple[int, int] | None:
+    """``(l, i)`` when ``drop = B + {l}`` and ``rival = B + {i}`` for one base B (the two compete
+    in the same greedy round); None otherwise."""
+    if len(drop) != len(rival):
+        return None
+    mine, theirs = set(drop) - set(rival), set(rival) - set(drop)
+    if len(mine) != 1 or len(theirs) != 1:
+        return None
+    return mine.pop(), theirs.pop()
+
+
+def can_still_win(
+    drop: DropSet, max_correct: int, incumbent: DropSet, incumbent_correct: int
+) -> bool:
+    """Whether a candidate that can still get at most `max_correct` examples right might win its
+    round against the completed `incumbent` (the exact bound of early termination).
+
+    Counts, not accuracies: both are scored on the same examples. The candidate wins only with
+    a higher count, or an equal one and a lower added layer (`rank_key`); a candidate that is
+    no rival of `incumbent` (another round or base) is never stopped by it.
+    """
+    layers = added_layers(drop, incumbent)
+    if layers is None:
+        return True
+    mine, theirs = layers
+    return rank_key(max_correct, mine) > rank_key(incumbent_correct, theirs)
+
+
+def best_rival(
+    drop: DropSet, completed: Iterable[tuple[DropSet, int]]
+) -> tuple[DropSet, int] | None:
+    """The completed rival `drop` has to beat: among ``(drop set, n correct)`` pairs of its
+    round and base, the one that ranks first (`rank_key`); None when there is none yet."""
+    best: tuple[tuple[int, int], DropSet, int] | None = None
+    for rival, n_correct in completed:
+        layers = added_layers(drop, rival)
+        if layers is None:
+            continue
+        key = rank_key(n_correct, layers[1])
+        if best is None or key > best[0]:
+            best = (key, rival, n_correct)
+    return None if best is None else (best[1], best[2])
 
 
 @dataclass(frozen=True)
@@ -40,10 +99,23 @@ class GreedyElimination:
         max_drop: optional cap on the number of layers removed.
         protected: layers that are never removed (0-based).
         min_keep: never remove so many layers that fewer than this remain.
-        probe: the evaluator probe that scores candidates.
+        probe: the evaluator probe that scores candidates: ``task_accuracy`` (TALE) or
+            ``perplexity`` (score = -perplexity; then `epsilon` is in perplexity points).
+        n_drop: remove exactly this many layers (k greedy rounds), for comparing criteria at
+            equal sparsity: `epsilon` and `max_drop` are then ignored and `threshold` is None.
+            None (default): stop by `epsilon` and `max_drop` as above.
+        text: what a ``perplexity`` probe reads (`searchers.options.check_text`; default: the
+            task's optimization-split text); unused by ``task_accuracy``.
 
     Ties are broken deterministically like the reference implementation: highest score,
     then the lowest index of the layer added this round (the first maximum in ascending order).
+
+    A round's candidates are proposed likely winners first, so that early termination
+    (`can_still_win`) meets a strong incumbent soon: round 1 in ascending layer order, later
+    rounds by the score the same layer's removal got in the previous round (best first).
+    A pruned observation settles its candidate only while a complete observation of the same
+    round outranks its upper bound (the proof that it cannot win); otherwise the candidate is
+    proposed again, to be evaluated in full.
     """
 
     name = "tale"
@@ -57,7 +129,14 @@ class GreedyElimination:
         protected: Iterable[int] = (),
         min_keep: int = 1,
         probe: str = "task_accuracy",
+        n_drop: int | None = None,
+        text: Mapping[str, Any] | None = None,
     ) -> None:
+        if probe not in SCORING_PROBES:
+            raise ValueError(
+                f"`probe` must be one of {', '.join(SCORING_PROBES)} (greedy elimination ranks "
+                f"candidates by its score), but got probe={probe!r}"
+            )
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"`num_layers >= 1` must hold, but got num_layers={num_layers!r}")
         if not epsilon >= 0:
@@ -85,6 +164,11 @@ class GreedyElimination:
         self.protected = protected
         self.min_keep = min_keep
         self.probe = probe
+        self.n_drop = n_drop
+        if n_drop is not None:
+            self.max_drop = check_n_drop(n_drop, num_layers, protected, min_keep=min_keep)
+            self.epsilon = math.inf  # exactly n_drop rounds: no accuracy stop
+        self.text = check_text(text)
         self._memo: dict[str, Observation] = {}
         self._state: RoundState | None = None
 
@@ -126,11 +210,19 @@ class GreedyElimination:
             ),
         )
 
+    @property
+    def early_termination(self) -> bool:
+        """Whether candidates may be stopped early (exact, see `can_still_win`): only when
+        scores are accuracies, i.e. counts of correct examples (the task_accuracy probe)."""
+        return self.probe == "task_accuracy"
+
     # -- derived state ---------------------------------------------------------------------
     @property
     def threshold(self) -> float | None:
         baseline = self._memo.get(Candidate(DropSet(), self.probe).key)
-        return None if baseline is None else baseline.score - self.epsilon
+        if baseline is None or self.n_drop is not None:
+            return None  # with n_drop, no threshold applies
+        return baseline.score - self.epsilon
 
     @property
     def state(self) -> RoundState:
@@ -146,6 +238,7 @@ class GreedyElimination:
         threshold = baseline.score - self.epsilon
         trajectory = [baseline]
         current = DropSet()
+        previous: DropSet | None = None  # the base of the previous round
         while True:
             round_no = len(current) + 1
             if self.max_drop is not None and len(current) >= self.max_drop:
@@ -158,14 +251,19 @@ class GreedyElimination:
             if not layers or self.num_layers - len(current) <= self.min_keep:
                 return RoundState(round_no, current, (), tuple(trajectory), EXHAUSTED, None)
             candidates = [(layer, Candidate(current.add(layer), self.probe)) for layer in layers]
-            pending = tuple(c for _, c in candidates if c.key not in self._memo)
             scored = [
                 (layer, self._memo[c.key])
                 for layer, c in candidates
                 if c.key in self._memo and self._memo[c.key].complete
             ]
             # Highest score wins; among equal scores the lowest layer index (ascending scan).
-            winner = max(scored, key=lambda lo: (lo[1].score, -lo[0]))[1] if scored else None
+            best = max(scored, key=lambda lo: rank_key(lo[1].score, lo[0])) if scored else None
+            winner = None if best is None else best[1]
+            pending = tuple(
+                c
+                for layer, c in self._by_promise(candidates, previous)
+                if not self._settled(c, layer, best)
+            )
             if pending:
                 return RoundState(round_no, current, pending, tuple(trajectory), None, winner)
             if winner is None:
@@ -178,11 +276,42 @@ class GreedyElimination:
                     round_no, current, (), tuple(trajectory), BELOW_THRESHOLD, winner
                 )
             trajectory.append(winner)
-            current = winner.drop
+            previous, current = current, winner.drop
+
+    def _settled(
+        self, candidate: Candidate, layer: int, best: tuple[int, Observation] | None
+    ) -> bool:
+        """Observed in full, or pruned with a bound that this round's best outranks."""
+        known = self._memo.get(candidate.key)
+        if known is None:
+            return False
+        if known.complete:
+            return True
+        return best is not None and rank_key(best[1].score, best[0]) > rank_key(known.score, layer)
+
+    def _by_promise(
+        self, candidates: list[tuple[int, Candidate]], previous: DropSet | None
+    ) -> list[tuple[int, Candidate]]:
+        """Likely winners first: by the previous round's score of the same layer's removal
+        (complete scores before pruned bounds, then unknown), ties in ascending layer order."""
+        if previous is None:
+            return candidates
+
+        def promise(item: tuple[int, Candidate]) -> tuple[int, float, int]:
+            layer = item[0]
+            known = self._memo.get(Candidate(previous.add(layer), self.probe).key)
+            if known is None:
+                return (2, 0.0, layer)
+            return (0 if known.complete else 1, -known.score, layer)
+
+        return sorted(candidates, key=promise)
 
 
 def _preferred(new: Observation, known: Observation) -> bool:
-    """Which of two observations of one candidate to keep, independent of arrival order."""
+    """Which of two observations of one candidate to keep, independent of arrival order:
+    a complete one, then the higher score (complete) or the tighter upper bound (pruned)."""
     if new.complete != known.complete:
         return new.complete
-    return new.score > known.score
+    if new.complete:
+        return new.score > known.score
+    return new.score < known.score

@@ -38,6 +38,7 @@ from tale_opt.search_setup import (
     CandidateEvaluator,
     build_evaluator,
     check_eval_options,
+    early_stop_option,
     load_task_and_splits,
     model_spec,
     search_fingerprint,
@@ -218,6 +219,8 @@ def _run(plan: SearchPlan, tracking: SearchTracking, out_dir: Path, started: flo
             "heldout_s": round(finished - measured, 2),
             "total_s": round(finished - started, 2),
             "candidates": len(result.observations),
+            # stopped early (eval.early_stop): they could not beat their round's leader
+            "pruned_candidates": sum(not o.complete for o in result.observations),
             "per_candidate_s": round((searched - loaded) / max(1, len(result.observations)), 3),
         }
         writer.write_summary(summary)
@@ -251,9 +254,15 @@ def _search(
 
     def record(obs: Observation, trial: Any) -> None:
         log.info(
-            "round %d drop %s: score %.4f (trial %d)",
-            len(obs.drop), obs.drop, obs.score, trial.number,
+            "round %d drop %s: score %s%.4f (trial %d)",
+            len(obs.drop), obs.drop, "" if obs.complete else "<= ", obs.score, trial.number,
         )  # fmt: skip
+        if not obs.complete:
+            log.info(
+                "  stopped early after %d of %d examples: cannot beat drop {%s}",
+                obs.metrics.get("n_seen", 0), obs.metrics.get("n_examples", 0),
+                obs.extras.get("bounded_by", {}).get("drop", "?"),
+            )  # fmt: skip
         writer.record_candidate(obs, round_no=len(obs.drop))
         tracking.log_configuration(obs)
         if not obs.drop:
@@ -272,6 +281,7 @@ def _search(
             lost_after=2 * plan.storage.grace_period,
             max_retry=plan.storage.max_retry,
             check_workers=local.check if local is not None else lambda: None,
+            early_stop=early_stop_option(plan.cfg),
         )
     except BaseException:
         if local is not None:

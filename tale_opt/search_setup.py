@@ -10,16 +10,27 @@ ones the study was fingerprinted with, so a machine with different data cannot m
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tale_opt.errors import UsageError, did_you_mean
-from tale_opt.types import Candidate, DropSet, Observation
+from tale_opt.types import (
+    PROBES,
+    TASK_ACCURACY,
+    TEXT_PROBES,
+    Candidate,
+    DropSet,
+    Observation,
+    Status,
+)
 
 log = logging.getLogger("tale_opt")
 
 MODEL_KEYS = ("path", "revision", "dtype", "device", "trust_remote_code", "attn_implementation")
 EVAL_KEYS = ("scoring", "batch_size", "max_new_tokens")
+# Memory for prefix reuse (GiB). It changes no score, so it travels beside `eval` (which is in
+# the fingerprint) and a resumed search may use another value.
+DEFAULT_PREFIX_CACHE_GB = 4.0
 
 
 def study_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -30,12 +41,45 @@ def study_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "model_name": model.get("name", model.get("path")),
         "task": dict(cfg["task"]),
         "eval": {k: v for k, v in dict(cfg["eval"]).items() if k in EVAL_KEYS},
+        "prefix_cache_gb": dict(cfg["eval"]).get("prefix_cache_gb", DEFAULT_PREFIX_CACHE_GB),
         "seed": cfg["seed"],
         "n_opt": cfg.get("n_opt"),
         "n_eval": cfg.get("n_eval"),
         "searcher": cfg["searcher"].get("name"),
-        "probe": cfg["searcher"].get("probe", "task_accuracy"),
+        **probe_config(cfg["searcher"]),
     }
+
+
+def probe_config(searcher_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``probe``: the probe that ranks layers for this searcher; and, for probes that read text
+    (perplexity, hidden states), ``text``: the normalized probe-text spec every worker reads.
+
+    Both come from the searcher as built from its config node (class defaults included: SLEB
+    reads LAMBADA unless told otherwise). A node the searcher refuses falls back to its raw
+    keys; `tale_opt.app.build_searcher` reports the bad option.
+
+    Raises:
+        UsageError: An invalid ``text`` spec.
+    """
+    import searchers
+    from searchers.options import check_text
+
+    node = dict(searcher_cfg)
+    cls = searchers.REGISTRY.get(node.pop("name", None))
+    probe, text = node.get("probe", TASK_ACCURACY), node.get("text")
+    if cls is not None:
+        try:
+            built = cls(10_000, **node)  # any layer count: only its probe and text are read
+        except (TypeError, ValueError):
+            built = None
+        if built is not None:
+            probe, text = built.probe, getattr(built, "text", text)
+    if probe not in TEXT_PROBES:
+        return {"probe": probe}
+    try:
+        return {"probe": probe, "text": check_text(text)}
+    except ValueError as err:
+        raise UsageError(f"searcher option {err}") from err
 
 
 def search_fingerprint(
@@ -54,6 +98,8 @@ def search_fingerprint(
         "eval": dict(config["eval"]),
         "searcher": config["searcher"],
         "probe": config["probe"],
+        # What text-reading probes read (absent for task accuracy: old studies keep their key).
+        **({"text": config["text"]} if "text" in config else {}),
         "seed": config["seed"],
     }
 
@@ -99,6 +145,25 @@ def check_eval_options(config: Mapping[str, Any]) -> None:
         value = eval_cfg.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"`{key} >= 1` must hold, but got {key}={value!r}")
+    budget = config.get("prefix_cache_gb", DEFAULT_PREFIX_CACHE_GB)
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0:
+        raise UsageError(
+            f"`eval.prefix_cache_gb >= 0` must hold (0 disables prefix reuse), but got {budget!r}"
+        )
+
+
+def early_stop_option(cfg: Mapping[str, Any]) -> bool:
+    """`eval.early_stop` (default true): whether the coordinator lets workers stop candidates
+    that provably cannot win their round. It changes no result, so it is not in `study_config`
+    (nor the fingerprint): the coordinator decides it per trial when enqueueing.
+
+    Raises:
+        UsageError: Not a boolean.
+    """
+    value = dict(cfg.get("eval") or {}).get("early_stop", True)
+    if not isinstance(value, bool):
+        raise UsageError(f"`eval.early_stop` must be true or false, but got {value!r}")
+    return value
 
 
 def build_evaluator(config: Mapping[str, Any], model: Any, tokenizer: Any, task: Any) -> Any:
@@ -143,6 +208,7 @@ class CandidateEvaluator:
         splits: Any = None,
         progress: bool = False,
     ) -> None:
+        from tale_opt.evaluation.prefix_reuse import PrefixReuse
         from tale_opt.model.loading import describe_model, load_model
 
         if task is None or splits is None:
@@ -169,26 +235,62 @@ class CandidateEvaluator:
         self.model, self.tokenizer = load_model(spec)
         self.evaluator = build_evaluator(config, self.model, self.tokenizer, task)
         self.prepared = self.evaluator.prepare(splits.optimization)
+        # Across the trials of a round, candidates start from the round base's hidden states.
+        self.reuse = PrefixReuse(
+            self.evaluator,
+            self.prepared,
+            config.get("prefix_cache_gb", DEFAULT_PREFIX_CACHE_GB),
+        )
         self.progress = progress
+        self.probe_text = config.get("text")  # what text probes read (see `probe_config`)
 
-    def __call__(self, candidate: Candidate) -> Observation:
-        if candidate.probe != "task_accuracy":
-            raise UsageError(
-                f"this evaluator scores the probe 'task_accuracy', but the candidate asks for "
-                f"{candidate.probe!r}"
-            )
-        return self._task_accuracy(candidate)
+    # Takes `can_still_win` (exact early termination, see `Evaluator.evaluate`): a candidate
+    # stopped early comes back PRUNED with its upper bound as the score.
+    supports_early_stop = True
 
-    def _task_accuracy(self, candidate: Candidate) -> Observation:
+    def __call__(
+        self, candidate: Candidate, *, can_still_win: Callable[[int], bool] | None = None
+    ) -> Observation:
+        if candidate.probe == TASK_ACCURACY:
+            return self._task_accuracy(candidate, can_still_win)
+        if candidate.probe in TEXT_PROBES:
+            return self._text_probe(candidate)
+        hint = did_you_mean(candidate.probe, PROBES)
+        raise UsageError(f"unknown probe {candidate.probe!r}.{hint}")
+
+    def _text_probe(self, candidate: Candidate) -> Observation:
+        """Perplexity / Block Influence / angular distance on the study's probe text, which is
+        loaded and tokenized on first use (once per worker), not for task-accuracy searches."""
+        runner = getattr(self, "_probe_runner", None)
+        if runner is None:
+            from tale_opt.evaluation.probes import ProbeRunner
+
+            text = self.probe_text
+            if text is None:
+                raise UsageError(
+                    f"probe {candidate.probe!r} needs probe text, but the study config has none "
+                    "(a study made before text probes existed?); start a new study"
+                )
+            log.info("preparing %s probe text: %s", candidate.probe, text)
+            runner = self._probe_runner = ProbeRunner(
+                self.model, self.tokenizer, text, task=self.task,
+                examples=self.splits.optimization, batch_size=self.evaluator.batch_size,
+            )  # fmt: skip
+        return runner(candidate)
+
+    def _task_accuracy(
+        self, candidate: Candidate, can_still_win: Callable[[int], bool] | None = None
+    ) -> Observation:
         label = f"round {len(candidate.drop)} drop {candidate.drop}" if self.progress else False
-        res = self.evaluator.evaluate(self.prepared, candidate.drop, progress=label)
+        res = self.reuse.evaluate(candidate.drop, progress=label, can_still_win=can_still_win)
         metrics = {**res.metrics(), "tflops": self.tflops(candidate.drop)}
         extras: dict[str, Any] = {}
         if not candidate.drop:
             # The baseline's per-example predictions are a result file; they travel with the
             # trial because the coordinator may be on another machine.
             extras["predictions"] = prediction_rows(res)
-        return Observation(candidate, res.accuracy, metrics, extras)
+        status = Status.COMPLETE if res.complete else Status.PRUNED  # pruned: an upper bound
+        return Observation(candidate, res.accuracy, metrics, extras, status)
 
     def tflops(self, drop: DropSet) -> float:
         """Analytic TFLOPs of scoring the optimization split without the layers in `drop`.

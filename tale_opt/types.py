@@ -133,3 +133,25 @@ class SearchResult:
     bsba: Observation
     stop_reason: str
     observations: tuple[Observation, ...]
+
+
+# -- probes ------------------------------------------------------------------------------------
+# The names a `Candidate.probe` takes, and the per-layer metric keys the hidden-state probes
+# report (searchers read them from `Observation.metrics`; the evaluator writes them).
+TASK_ACCURACY = "task_accuracy"
+PERPLEXITY = "perplexity"  # score = -perplexity of the probe text
+BLOCK_INFLUENCE = "block_influence"  # metrics block_influence_key(layer)
+ANGULAR_DISTANCE = "angular_distance"  # metrics angular_distance_key(layer, n)
+PROBES = (TASK_ACCURACY, PERPLEXITY, BLOCK_INFLUENCE, ANGULAR_DISTANCE)
+TEXT_PROBES = (PERPLEXITY, BLOCK_INFLUENCE, ANGULAR_DISTANCE)  # read the probe text
+
+
+def block_influence_key(layer: int) -> str:
+    """Metric key of layer `layer`'s Block Influence, 1 - mean cos(input, output)."""
+    return f"bi.{layer}"
+
+
+def angular_distance_key(layer: int, n: int) -> str:
+    """Metric key of d(layer, n): the angular distance between the input of `layer` and the
+    input of `layer + n` (the output of the block of `n` layers starting at `layer`)."""
+    return f"angular.{n}.{layer}"

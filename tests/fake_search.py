@@ -8,14 +8,15 @@ across processes, and can sleep to keep a trial in flight long enough to kill it
 from __future__ import annotations
 
 import os
+import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from searchers.greedy import GreedyElimination
-from tale_opt.types import Candidate, Observation
+from tale_opt.types import Candidate, Observation, Status
 from tests.searcher_contract import fake_score
 
 NUM_LAYERS = 8
@@ -127,3 +128,41 @@ def result_digest(result: Any) -> dict[str, Any]:
 def exit_with(code: int, threads: int, parent_pid: int) -> None:
     """A worker that dies at once (spawn target for LocalWorkers tests)."""
     raise SystemExit(code)
+
+
+@dataclass
+class CountingEvaluate:
+    """Scores drop sets by counting correct examples, `batch` at a time, and supports exact
+    early termination like `CandidateEvaluator` (``evaluate(candidate, can_still_win=...)``).
+
+    Per-example outcomes come from `outcomes` (drop key -> list of bools) or, when None, are
+    drawn deterministically per drop set (any process draws the same) with `fake_score` as
+    the chance of being right.
+    """
+
+    seed: int = 0
+    n: int = 16
+    batch: int = 2
+    outcomes: dict[str, list[bool]] | None = None
+    supports_early_stop = True
+
+    def correct(self, candidate: Candidate) -> list[bool]:
+        if self.outcomes is not None:
+            return self.outcomes[candidate.drop.key]
+        rng = random.Random(f"{self.seed}:{candidate.drop.key}")
+        chance = fake_score(candidate, NUM_LAYERS, self.seed)
+        return [rng.random() < chance for _ in range(self.n)]
+
+    def __call__(
+        self, candidate: Candidate, *, can_still_win: Callable[[int], bool] | None = None
+    ) -> Observation:
+        right_or_wrong = self.correct(candidate)
+        n, right = len(right_or_wrong), 0
+        for start in range(0, n, self.batch):
+            seen = min(start + self.batch, n)
+            right += sum(right_or_wrong[start:seen])
+            if seen < n and can_still_win is not None and not can_still_win(right + n - seen):
+                bound = right + n - seen
+                metrics = {"n_examples": n, "n_seen": seen, "n_correct_so_far": right}
+                return Observation(candidate, bound / n, metrics, status=Status.PRUNED)
+        return Observation(candidate, right / n, {"n_examples": n, "n_correct": right})

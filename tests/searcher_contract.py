@@ -10,7 +10,16 @@ from __future__ import annotations
 import random
 
 from searchers.base import Searcher
-from tale_opt.types import Candidate, Observation, SearchResult
+from tale_opt.types import (
+    ANGULAR_DISTANCE,
+    BLOCK_INFLUENCE,
+    PERPLEXITY,
+    Candidate,
+    Observation,
+    SearchResult,
+    angular_distance_key,
+    block_influence_key,
+)
 
 
 def fake_score(candidate: Candidate, num_layers: int, seed: int = 0) -> float:
@@ -20,8 +29,27 @@ def fake_score(candidate: Candidate, num_layers: int, seed: int = 0) -> float:
     return (32 + sum(effect[layer] for layer in candidate.drop)) / 64
 
 
+def fake_probe_metrics(candidate: Candidate, num_layers: int, seed: int = 0) -> dict[str, float]:
+    """Per-layer values of the hidden-state probes, deterministic in `seed` (ties included)."""
+    rng = random.Random(f"{seed}:{candidate.probe}")
+    if candidate.probe == BLOCK_INFLUENCE:
+        return {block_influence_key(i): rng.choice([1, 2, 3, 5]) / 16 for i in range(num_layers)}
+    if candidate.probe == ANGULAR_DISTANCE:
+        return {
+            angular_distance_key(start, n): rng.choice([1, 2, 3, 5]) / 16
+            for n in range(1, num_layers + 1)
+            for start in range(num_layers - n + 1)
+        }
+    return {}
+
+
 def fake_observation(candidate: Candidate, num_layers: int, seed: int = 0) -> Observation:
+    """Task accuracy or -perplexity from `fake_score`; hidden-state probes get their metrics."""
     score = fake_score(candidate, num_layers, seed)
+    if candidate.probe in (BLOCK_INFLUENCE, ANGULAR_DISTANCE):
+        return Observation(candidate, 0.0, fake_probe_metrics(candidate, num_layers, seed))
+    if candidate.probe == PERPLEXITY:
+        return Observation(candidate, score - 1, metrics={"perplexity": 1 - score})
     return Observation(candidate, score, metrics={"accuracy": score})
 
 

@@ -87,9 +87,33 @@ def test_protected_layers_are_never_proposed():
 
 def test_pruned_candidates_never_win_a_round():
     searcher = GreedyElimination(3, epsilon=0.5, max_drop=1)
-    searcher.observe([obs((), 0.5), obs((0,), 0.4), obs((1,), 0.9, Status.PRUNED)])
+    # (1,) can reach at most 0.4, a tie with (0,) that the lower layer 0 wins: settled.
+    searcher.observe([obs((), 0.5), obs((0,), 0.4), obs((1,), 0.4, Status.PRUNED)])
+    assert [c.drop.layers for c in searcher.propose()] == [(2,)]
     searcher.observe([obs((2,), 0.45)])
     assert searcher.result().trajectory[-1].drop.layers == (2,)
+
+
+def test_a_pruned_bound_that_nothing_outranks_is_evaluated_again():
+    searcher = GreedyElimination(3, epsilon=0.5, max_drop=1)
+    # (0,) may still tie (1,)'s 0.4 and win the tie (lower layer); (2,) may still reach 0.9:
+    # neither bound proves a loss, so both are evaluated again, in full.
+    searcher.observe([obs((), 0.5), obs((1,), 0.4), obs((0,), 0.4, Status.PRUNED)])
+    searcher.observe([obs((2,), 0.9, Status.PRUNED)])
+    assert [c.drop.layers for c in searcher.propose()] == [(0,), (2,)]
+    searcher.observe([obs((0,), 0.3), obs((2,), 0.35)])
+    assert searcher.done
+    assert searcher.result().trajectory[-1].drop.layers == (1,)
+
+
+def test_later_rounds_propose_by_the_previous_rounds_scores():
+    searcher = GreedyElimination(5, epsilon=0.5, max_drop=2)
+    searcher.observe(
+        [obs((), 0.5), obs((0,), 0.2), obs((1,), 0.6), obs((2,), 0.55, Status.PRUNED)]
+    )
+    searcher.observe([obs((3,), 0.4), obs((4,), 0.4)])
+    # Complete scores first (0.4 = 0.4: ascending layer), then pruned bounds.
+    assert [c.drop.layers for c in searcher.propose()] == [(1, 3), (1, 4), (0, 1), (1, 2)]
 
 
 def test_a_complete_observation_replaces_a_pruned_one_in_any_order():

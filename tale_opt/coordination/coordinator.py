@@ -6,12 +6,20 @@ One cycle, repeated until the searcher is done:
    it proposes them (so only what this search would have asked for is counted, and a study
    shared by an epsilon sweep never leaks another run's candidates into this result);
 2. enqueue every proposed candidate that has no trial yet (in any state: retried copies of
-   a lost trial share its key and count once);
+   a lost trial share its key and count once), in the order the searcher proposes them
+   (workers claim the oldest waiting trial first, so likely winners run first);
 3. evaluate one trial in this process (`workers=0`), or wait for other workers, calling
    `fail_stale_trials` so trials of dead workers are re-queued.
 
 All state lives in the storage, so a killed coordinator restarted with the same command
 rebuilds the searcher from the completed trials and re-evaluates nothing.
+
+With `early_stop`, trials of a searcher that supports exact early termination
+(``early_termination``) are enqueued `prunable`: a worker stops one as soon as it cannot beat
+the best completed rival of its round, and it ends PRUNED with its upper bound. The searcher
+checks each bound against its own round; a candidate it still proposes after seeing its pruned
+result (the bound proves nothing in this search, e.g. a study shared by runs with other
+protected layers) is enqueued again without `prunable` and evaluated in full.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ def run_coordinator(
     lost_after: float = 30.0,
     max_retry: int | None = 3,
     check_workers: Callable[[], None] = lambda: None,
+    early_stop: bool = False,
 ) -> SearchResult:
     """Drive `searcher` through `study` until it is done, and return its result.
 
@@ -65,6 +74,8 @@ def run_coordinator(
             the coordinator queues one itself (the process running the retry callback died).
         max_retry: Give up on a candidate whose evaluation was lost more often than this.
         check_workers: Called while waiting; raises if the local workers are gone.
+        early_stop: Let workers stop candidates that provably cannot win their round (exact
+            early termination; only for searchers whose ``early_termination`` is true).
 
     Raises:
         SearchFailed: A worker's evaluation raised, a candidate was lost too often, or the
@@ -73,7 +84,7 @@ def run_coordinator(
     with storage_errors_as_search_failed():
         return _coordinate(
             study, searcher, evaluate, on_observation, poll_interval, lost_after, max_retry,
-            check_workers,
+            check_workers, early_stop and bool(getattr(searcher, "early_termination", False)),
         )  # fmt: skip
 
 
@@ -86,6 +97,7 @@ def _coordinate(
     lost_after: float,
     max_retry: int | None,
     check_workers: Callable[[], None],
+    prunable: bool,
 ) -> SearchResult:
     st.set_finished(study, False)
     trials = study.get_trials(deepcopy=False)
@@ -96,18 +108,29 @@ def _coordinate(
     restarted: set[str] = set()
     lost_since: dict[str, float] = {}
     unstarted_since: dict[int, float] = {}
+    fed: set[int] = set()  # trials whose observation the searcher has been given
     while True:
         groups = _by_candidate(study.get_trials(deepcopy=False))
         _fail_unstarted(study, groups, unstarted_since, lost_after)
-        for obs, trial in _replay(searcher, groups):
+        for obs, trial in _replay(searcher, groups, fed):
             on_observation(obs, trial)
         if searcher.done:
             break
         for candidate in searcher.propose():
             attempts = groups.get(candidate.key, [])
             if not attempts:
+                st.enqueue(study, candidate, prunable=prunable)
+            elif any(t.state in _LIVE for t in attempts):
+                pass
+            elif any(t._trial_id in fed for t in attempts) and not any(
+                t.state == TrialState.FAIL for t in attempts
+            ):
+                # Seen, yet proposed again: the searcher found the pruned bound unproven.
+                # (A lost or failed full evaluation goes through `_recover` below.)
+                log.info("evaluating %s in full: its early-stop bound does not hold here",
+                         candidate.drop)  # fmt: skip
                 st.enqueue(study, candidate)
-            elif not any(t.state in _LIVE for t in attempts):
+            else:
                 _recover(study, candidate, attempts, earlier_failures, restarted, lost_since,
                          lost_after=lost_after, max_retry=max_retry)  # fmt: skip
         if evaluate is not None and waiting_candidates(study):
@@ -169,19 +192,21 @@ def _fail_unstarted(
 
 
 def _replay(
-    searcher: Searcher, groups: dict[str, list[FrozenTrial]]
+    searcher: Searcher, groups: dict[str, list[FrozenTrial]], fed: set[int]
 ) -> list[tuple[Observation, FrozenTrial]]:
-    """Feed the searcher every finished candidate it asks for, round after round."""
+    """Feed the searcher every finished candidate it asks for, round after round, each
+    trial once (`fed` collects them across calls)."""
     counted = []
     while not searcher.done:
         ready = []
         for candidate in searcher.propose():
             found = _finished(groups.get(candidate.key, []))
-            if found is not None:
+            if found is not None and found[1]._trial_id not in fed:
                 ready.append(found)
         if not ready:
             break
         searcher.observe(obs for obs, _ in ready)
+        fed.update(trial._trial_id for _, trial in ready)
         counted.extend(ready)
     return counted
 

@@ -10,6 +10,9 @@ Trial user attributes (all under ``tale_opt.``):
 * ``candidate`` -- the candidate key; the marker that this trial was enqueued by a
   coordinator. Workers evaluate only marked trials, the coordinator counts only marked ones.
 * ``drop``, ``probe``, ``round`` -- the candidate, readable in the Optuna dashboard.
+* ``prunable`` -- set by the coordinator when the worker may stop this candidate early, once
+  it provably cannot beat the best completed rival of its round (exact early termination);
+  the trial then ends PRUNED with its upper bound as the result's score.
 * ``result`` -- {score, status, metrics, extras}, set by the worker in one write.
 * ``worker`` -- who evaluated it; ``error`` -- why the evaluation raised; ``stray`` -- a trial
   that `study.ask()` created when the queue emptied under a worker's feet (never evaluated).
@@ -31,6 +34,7 @@ from tale_opt.types import Candidate, DropSet, Observation, Status
 
 MARKER = "tale_opt.candidate"
 DROP, PROBE, ROUND = "tale_opt.drop", "tale_opt.probe", "tale_opt.round"
+PRUNABLE = "tale_opt.prunable"
 RESULT = "tale_opt.result"
 WORKER, ERROR, STRAY = "tale_opt.worker", "tale_opt.error", "tale_opt.stray"
 # Study user attributes.
@@ -120,17 +124,43 @@ def set_finished(study: optuna.Study, finished: bool) -> None:
     study.set_user_attr(FINISHED, finished)
 
 
-def enqueue(study: optuna.Study, candidate: Candidate) -> None:
-    """Queue `candidate` as a WAITING trial carrying the marker."""
-    study.enqueue_trial(
-        {},
-        user_attrs={
-            MARKER: candidate.key,
-            DROP: candidate.drop.key,
-            PROBE: candidate.probe,
-            ROUND: len(candidate.drop),
-        },
-    )
+def enqueue(study: optuna.Study, candidate: Candidate, *, prunable: bool = False) -> None:
+    """Queue `candidate` as a WAITING trial carrying the marker (workers claim the oldest
+    waiting trial first, so candidates run in the order they are enqueued)."""
+    attrs: dict[str, Any] = {
+        MARKER: candidate.key,
+        DROP: candidate.drop.key,
+        PROBE: candidate.probe,
+        ROUND: len(candidate.drop),
+    }
+    if prunable:
+        attrs[PRUNABLE] = True
+    study.enqueue_trial({}, user_attrs=attrs)
+
+
+def is_prunable(trial: FrozenTrial | optuna.Trial) -> bool:
+    """Whether the coordinator allowed stopping this trial's candidate early."""
+    return bool(trial.user_attrs.get(PRUNABLE, False))
+
+
+def completed_counts(study: optuna.Study, candidate: Candidate) -> list[tuple[DropSet, int]]:
+    """``(drop set, n correct)`` of every COMPLETE marked trial with `candidate`'s probe and
+    number of dropped layers: the finished rivals early termination compares against.
+
+    One read of the study's complete trials (cheap enough every few seconds, also on
+    PostgreSQL). Trials without an exact count of correct examples are left out.
+    """
+    out = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        other = candidate_of(trial)
+        if other is None or other.probe != candidate.probe:
+            continue
+        if len(other.drop) != len(candidate.drop) or other.key == candidate.key:
+            continue
+        n_correct = trial.user_attrs.get(RESULT, {}).get("metrics", {}).get("n_correct")
+        if n_correct is not None:
+            out.append((other.drop, int(n_correct)))
+    return out
 
 
 def candidate_of(trial: FrozenTrial) -> Candidate | None:

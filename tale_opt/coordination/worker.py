@@ -5,6 +5,13 @@ Each claim goes through `study.optimize(..., n_trials=1)` rather than ask/tell, 
 inside its optimize loop only). `study.ask()` pops the oldest WAITING trial; when another worker
 emptied the queue between our check and the pop, Optuna creates a fresh sampler trial instead:
 we mark that one `stray` and prune it without evaluating anything, so it is never counted.
+
+Exact early termination: when the coordinator marked a trial `prunable` and the evaluator can
+stop early (``supports_early_stop``, called as ``evaluate(candidate, can_still_win=...)``), the
+evaluation stops as soon as the candidate cannot beat the best completed rival of its round in
+the study (`searchers.greedy.can_still_win`; the rival is re-read at most every
+`INCUMBENT_REFRESH_S` seconds). The trial then ends PRUNED with the upper bound as its score
+and the rival in ``extras["bounded_by"]``; PRUNED is final, so it is never retried.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -23,13 +30,15 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
+from searchers.greedy import best_rival, can_still_win
 from tale_opt.coordination import study as st
 from tale_opt.errors import SearchFailed
-from tale_opt.types import Candidate, Observation, Status
+from tale_opt.types import Candidate, DropSet, Observation, Status
 
 log = logging.getLogger("tale_opt.worker")
 
 Evaluate = Callable[[Candidate], Observation]
+INCUMBENT_REFRESH_S = 5.0  # how stale the incumbent of early termination may get
 
 
 class _Superseded(Exception):
@@ -38,7 +47,8 @@ class _Superseded(Exception):
 
 @dataclass
 class WorkerStats:
-    evaluated: int = 0  # trials this worker completed
+    evaluated: int = 0  # trials this worker completed (pruned ones included)
+    pruned: int = 0  # of those, stopped early: they could not beat their round's incumbent
     superseded: int = 0  # trials taken from us as stale, re-run elsewhere
     stray: int = 0  # sampler trials created by a lost race, pruned unevaluated
 
@@ -84,7 +94,12 @@ def run_one(study: optuna.Study, evaluate: Evaluate, stats: WorkerStats | None =
             raise optuna.TrialPruned("not a tale_opt candidate (queue emptied in a race)")
         try:
             trial.set_user_attr(st.WORKER, worker_id())
-            observation = evaluate(candidate)
+            if st.is_prunable(trial) and getattr(evaluate, "supports_early_stop", False):
+                incumbent = Incumbent(study, candidate)
+                observation = evaluate(candidate, can_still_win=incumbent)
+                observation = incumbent.annotate(observation)
+            else:
+                observation = evaluate(candidate)
             for key, value in st.result_attrs(observation).items():
                 trial.set_user_attr(key, value)
         except UpdateFinishedTrialError as err:
@@ -122,7 +137,39 @@ def run_one(study: optuna.Study, evaluate: Evaluate, stats: WorkerStats | None =
         )
         return False
     stats.evaluated += 1
+    stats.pruned += int(trial.state == TrialState.PRUNED)
     return True
+
+
+class Incumbent:
+    """`can_still_win` of one candidate: against the best completed rival of its round in the
+    study (same probe and base, `searchers.greedy.best_rival`), read on the first call and
+    again at most every `refresh` seconds. A stale rival is a weaker one, so never wrong."""
+
+    def __init__(
+        self, study: optuna.Study, candidate: Candidate, refresh: float = INCUMBENT_REFRESH_S
+    ) -> None:
+        self.study, self.candidate, self.refresh = study, candidate, refresh
+        self.rival: tuple[DropSet, int] | None = None
+        self._read_at: float | None = None
+
+    def __call__(self, max_correct: int) -> bool:
+        now = time.monotonic()
+        if self._read_at is None or now - self._read_at >= self.refresh:
+            self._read_at = now
+            counts = st.completed_counts(self.study, self.candidate)
+            self.rival = best_rival(self.candidate.drop, counts)
+        if self.rival is None:
+            return True
+        return can_still_win(self.candidate.drop, max_correct, *self.rival)
+
+    def annotate(self, observation: Observation) -> Observation:
+        """A pruned observation with the rival that bounded it in ``extras["bounded_by"]``."""
+        if observation.status is not Status.PRUNED or self.rival is None:
+            return observation
+        rival, n_correct = self.rival
+        bounded_by = {"drop": rival.key, "n_correct": n_correct}
+        return replace(observation, extras={**observation.extras, "bounded_by": bounded_by})
 
 
 def _was_superseded(study: optuna.Study, trial_id: int | None) -> bool:
@@ -180,4 +227,9 @@ def _work(
 
 
 def describe(stats: WorkerStats) -> dict[str, Any]:
-    return {"evaluated": stats.evaluated, "superseded": stats.superseded, "stray": stats.stray}
+    return {
+        "evaluated": stats.evaluated,
+        "pruned": stats.pruned,
+        "superseded": stats.superseded,
+        "stray": stats.stray,
+    }

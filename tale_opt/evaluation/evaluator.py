@@ -19,7 +19,7 @@ Scoring modes:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tale_opt.errors import UsageError, did_you_mean
+from tale_opt.evaluation.prefix import GIB, PREFIX_SCORING, PrefixCache, capture, resumed
 from tale_opt.evaluation.prompts import PromptEncoder, label_token_ids
 from tale_opt.evaluation.results import EvalResult, Prediction
 from tale_opt.evaluation.scoring import (
@@ -39,7 +40,6 @@ from tale_opt.evaluation.scoring import (
     score_continuations,
     score_labels,
 )
-from tale_opt.model.surgery import dropped_layers
 from tale_opt.tasks.base import Example, Task
 from tale_opt.types import DropSet
 
@@ -185,7 +185,13 @@ class Evaluator:
 
     # -- evaluation, once per candidate ---------------------------------------------------
     def evaluate(
-        self, prepared: PreparedSplit, drop: DropSet = _NO_DROP, *, progress: bool | str = False
+        self,
+        prepared: PreparedSplit,
+        drop: DropSet = _NO_DROP,
+        *,
+        progress: bool | str = False,
+        prefix: PrefixCache | None = None,
+        can_still_win: Callable[[int], bool] | None = None,
     ) -> EvalResult:
         """Evaluate the model with the layers in `drop` removed (restored afterwards).
 
@@ -193,9 +199,19 @@ class Evaluator:
             prepared: The output of `prepare` of an evaluator with the same scoring mode.
             drop: Decoder layers (0-based) to remove for this evaluation.
             progress: Show a tqdm bar; a string is used as its description.
+            prefix: Hidden states of a base model (`prefix_cache`); used when it was built
+                for this split and batching and its base is a strict subset of `drop`, which
+                skips the layers below the first extra dropped layer. Never changes a result.
+            can_still_win: Exact early termination. Called before the first batch and after
+                each one with the most examples this configuration can still get right
+                (correct so far + not scored yet); once it returns False the evaluation stops
+                and returns a stopped result (`EvalResult.complete` False) whose `accuracy` is
+                that upper bound. Every scoring mode; batches are never split or reordered, so
+                the examples scored get exactly the outcomes of a full evaluation.
 
         Returns:
-            The accuracy, invalid rate and per-example predictions in the original order.
+            The accuracy, invalid rate and per-example predictions in the original order
+            (for a stopped evaluation: of the examples scored).
         """
         if prepared.scoring != self.scoring:
             raise UsageError(
@@ -206,6 +222,8 @@ class Evaluator:
         if self.scoring == "loglik":
             n_rows = loglik_sequence_count(prepared.continuation_ids)
         start = time.perf_counter()
+        if can_still_win is not None and not can_still_win(len(prepared)):
+            return self._result(prepared, [], time.perf_counter() - start)  # lost before it began
         with (
             tqdm(
                 total=n_rows,
@@ -214,22 +232,63 @@ class Evaluator:
                 disable=progress is False,
             ) as bar,
             _eval_mode(self.model),
-            dropped_layers(self.model, drop),
+            resumed(self.model, drop, self._usable(prefix, prepared)),
             torch.inference_mode(),
         ):
-            predictions = self._predict(prepared, bar.update)
+            predictions = self._predict(prepared, bar.update, can_still_win)
         return self._result(prepared, predictions, time.perf_counter() - start)
 
-    def _predict(self, prepared: PreparedSplit, advance: Progress) -> list[Prediction]:
+    def prefix_cache(
+        self, prepared: PreparedSplit, base: DropSet, *, budget_gb: float
+    ) -> PrefixCache | None:
+        """Capture the hidden states of the model without `base` for `evaluate(prefix=...)`.
+
+        Costs one forward over `prepared`. None when the scoring mode is ``generate`` (plain
+        path, see `tale_opt.evaluation.prefix`) or `budget_gb` cannot hold one layer's states.
+        """
+        if self.scoring not in PREFIX_SCORING or budget_gb <= 0:
+            return None
+        with _eval_mode(self.model):
+            return capture(
+                self.model, prepared, base, batch_size=self.batch_size, pad_id=self.pad_id,
+                device=self.device, budget_bytes=int(budget_gb * GIB),
+            )  # fmt: skip
+
+    def _usable(self, prefix: PrefixCache | None, prepared: PreparedSplit) -> PrefixCache | None:
+        if prefix is None or self.scoring not in PREFIX_SCORING:
+            return None
+        return prefix if prefix.fits(self.model, prepared, self.batch_size, self.pad_id) else None
+
+    def _predict(
+        self,
+        prepared: PreparedSplit,
+        advance: Progress,
+        can_still_win: Callable[[int], bool] | None = None,
+    ) -> list[Prediction]:
+        """Predictions of the examples scored, in example order: all of them, unless
+        `can_still_win` stopped the pass after some batch."""
+        examples = prepared.examples
+        done: dict[int, Prediction] = {}
+        correct = 0
+
+        def after_batch(outcomes: dict[int, Any]) -> bool:
+            nonlocal correct
+            for i, outcome in outcomes.items():
+                done[i] = self._judge(examples[i], outcome)
+                correct += done[i].correct
+            if can_still_win is None:
+                return False
+            return not can_still_win(correct + len(examples) - len(done))
+
         common = {
             "batch_size": self.batch_size,
             "pad_id": self.pad_id,
             "device": self.device,
             "progress": advance,
+            "after_batch": after_batch,
         }
-        task, examples = self.task, prepared.examples
         if self.scoring == "generate":
-            texts = generate_texts(
+            generate_texts(
                 self.model,
                 self.tokenizer,
                 prepared.prompt_ids,
@@ -238,33 +297,41 @@ class Evaluator:
                 stop=self.stop,
                 **common,
             )
-            parsed = [task.parse(text, ex) for text, ex in zip(texts, examples, strict=True)]
-            return [
-                _prediction(task, ex, pred, text)
-                for ex, pred, text in zip(examples, parsed, texts, strict=True)
-            ]
-        if self.scoring == "letters":
-            all_scores = score_labels(
-                self.model, prepared.prompt_ids, prepared.label_ids, **common
-            )
-            chosen_text = [task.labels(ex) for ex in examples]
+        elif self.scoring == "letters":
+            score_labels(self.model, prepared.prompt_ids, prepared.label_ids, **common)
         else:
-            all_scores = score_continuations(
+            score_continuations(
                 self.model, prepared.prompt_ids, prepared.continuation_ids, **common
             )
-            chosen_text = [task.continuations(ex) for ex in examples]
-        out = []
-        for ex, scores, texts in zip(examples, all_scores, chosen_text, strict=True):
-            choice = _argmax(scores)
-            out.append(_prediction(task, ex, choice, texts[choice], scores))
-        return out
+        return [done[i] for i in sorted(done)]
+
+    def _judge(self, example: Example, outcome: Any) -> Prediction:
+        """One example's prediction from its scoring-pass outcome (text, or choice scores)."""
+        task = self.task
+        if self.scoring == "generate":
+            return _prediction(task, example, task.parse(outcome, example), outcome)
+        texts = task.labels(example) if self.scoring == "letters" else task.continuations(example)
+        choice = _argmax(outcome)
+        return _prediction(task, example, choice, texts[choice], outcome)
 
     def _result(
         self, prepared: PreparedSplit, predictions: list[Prediction], seconds: float
     ) -> EvalResult:
-        n = len(predictions)
+        n, n_seen = len(prepared), len(predictions)
         n_correct = sum(p.correct for p in predictions)
         n_invalid = sum(p.prediction is None for p in predictions)
+        if n_seen < n:  # stopped early: the accuracy is the upper bound it stopped at
+            return EvalResult(
+                scoring=self.scoring,
+                accuracy=(n_correct + n - n_seen) / n,
+                invalid_rate=n_invalid / max(n_seen, 1),
+                n_examples=n,
+                n_correct=n_correct,
+                n_invalid=n_invalid,
+                predictions=predictions,
+                seconds=seconds,
+                n_seen=n_seen,
+            )
         accuracy_norm = None
         if self.scoring == "loglik":
             n_norm = 0

@@ -24,7 +24,12 @@ class Prediction:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Accuracy of one configuration on one prepared split; predictions in example order."""
+    """Accuracy of one configuration on one prepared split; predictions in example order.
+
+    An evaluation stopped early (exact early termination) has ``n_seen < n_examples``:
+    `predictions`, `n_correct` and `n_invalid` cover the `n_seen` examples scored, and
+    `accuracy` is the upper bound ``max_correct / n_examples``.
+    """
 
     scoring: str
     accuracy: float
@@ -35,9 +40,38 @@ class EvalResult:
     predictions: list[Prediction] = field(repr=False)
     seconds: float
     accuracy_norm: float | None = None  # loglik only
+    n_seen: int | None = None  # examples scored when stopped early; None = all of them
+
+    @property
+    def complete(self) -> bool:
+        """Whether every example was scored (not stopped early)."""
+        return self.n_seen is None
+
+    @property
+    def max_correct(self) -> int:
+        """Most examples this configuration gets right: `n_correct`, or when stopped early,
+        the correct ones so far plus every example not scored."""
+        if self.n_seen is None:
+            return self.n_correct
+        return self.n_correct + self.n_examples - self.n_seen
 
     def metrics(self) -> dict[str, float]:
-        """Flat numeric metrics, as stored in `Observation.metrics`."""
+        """Flat numeric metrics, as stored in `Observation.metrics`.
+
+        A stopped evaluation has no accuracy: it reports `upper_bound` (= ``max_correct /
+        n_examples``), `n_seen`, `n_correct_so_far` and `max_correct` instead.
+        """
+        if not self.complete:
+            return {
+                "upper_bound": self.accuracy,
+                "n_examples": float(self.n_examples),
+                "n_seen": float(self.n_seen),
+                "n_correct_so_far": float(self.n_correct),
+                "max_correct": float(self.max_correct),
+                "n_invalid_so_far": float(self.n_invalid),
+                "seconds": self.seconds,
+                "seconds_per_example": self.seconds / max(self.n_seen, 1),
+            }
         metrics = {
             "accuracy": self.accuracy,
             "invalid_rate": self.invalid_rate,

@@ -18,6 +18,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from tale_opt.evaluation.batching import length_sorted_batches
 
 Progress = Callable[[int], None]  # called with the number of rows just finished
+# Called after each batch with what the pass returns for the prompts that batch finished
+# (prompt index -> outcome); True ends the pass there, the other prompts keep empty outcomes.
+AfterBatch = Callable[[dict[int, Any]], bool]
 
 TokenIds = Sequence[int]
 
@@ -43,6 +46,7 @@ def score_labels(
     pad_id: int,
     device: torch.device,
     progress: Progress,
+    after_batch: AfterBatch | None = None,
 ) -> list[tuple[float, ...]]:
     """Per prompt, the log-probability of each label at the answer position.
 
@@ -55,6 +59,8 @@ def score_labels(
         for r, row in enumerate(batch.rows):
             scores[row] = tuple(logprobs[r, list(ids)].max().item() for ids in label_ids[row])
         progress(len(batch.rows))
+        if after_batch is not None and after_batch({row: scores[row] for row in batch.rows}):
+            break
     return scores
 
 
@@ -79,6 +85,13 @@ def _loglik_rows(
     return rows, sequences
 
 
+def loglik_sequences(
+    prompts: Sequence[TokenIds], continuations: Sequence[Sequence[TokenIds]]
+) -> list[list[int]]:
+    """The sequences `score_continuations` runs, in its order (batched the same way)."""
+    return _loglik_rows(prompts, continuations)[1]
+
+
 def loglik_sequence_count(continuations: Sequence[Sequence[TokenIds]]) -> int:
     """How many sequences `score_continuations` runs (for progress bars)."""
     return sum(1 if _shares_context(conts) else len(conts) for conts in continuations)
@@ -93,6 +106,7 @@ def score_continuations(
     pad_id: int,
     device: torch.device,
     progress: Progress,
+    after_batch: AfterBatch | None = None,
 ) -> list[tuple[float, ...]]:
     """Per prompt, the summed log-probability of each continuation (lm-eval `loglikelihood`).
 
@@ -102,6 +116,9 @@ def score_continuations(
     """
     rows, sequences = _loglik_rows(prompts, continuations)
     scores: list[list[float]] = [[0.0] * len(conts) for conts in continuations]
+    rows_left = [0] * len(prompts)  # per prompt, its rows not scored yet
+    for i, _ in rows:
+        rows_left[i] += 1
     for batch in length_sorted_batches(sequences, batch_size, pad_id):
         batch_rows = [rows[k] for k in batch.rows]
         keep = 1 + max(0 if j is None else len(continuations[i][j]) for i, j in batch_rows)
@@ -122,6 +139,12 @@ def score_continuations(
             )
             scores[i][j] = token_lp.sum().item()
         progress(len(batch.rows))
+        if after_batch is not None:
+            for i, _ in batch_rows:
+                rows_left[i] -= 1
+            finished = {i: tuple(scores[i]) for i, _ in batch_rows if rows_left[i] == 0}
+            if after_batch(finished):
+                break
     return [tuple(s) for s in scores]
 
 
@@ -180,6 +203,7 @@ def generate_texts(
     device: torch.device,
     progress: Progress,
     stop: StopCondition | None = None,
+    after_batch: AfterBatch | None = None,
 ) -> list[str]:
     """Per prompt, the greedy continuation decoded to text (new tokens only, up to EOS or the
     first stop of `stop`).
@@ -217,4 +241,6 @@ def generate_texts(
             text = tokenizer.decode(tokens[:end], skip_special_tokens=True)
             texts[row] = stop.cut(text)[0]
         progress(len(batch.rows))
+        if after_batch is not None and after_batch({row: texts[row] for row in batch.rows}):
+            break
     return texts

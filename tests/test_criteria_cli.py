@@ -1,0 +1,58 @@
+"""The selection criteria from the command line, on a tiny model: probes reach the evaluator
+through the study config (in-process and in a spawned worker), and every searcher's summary
+ends with a Final configuration of exactly n_drop layers scored on the held-out split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_cli import assert_usage_error, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def run_search(tiny_model_dir, tmp_path, *args: str) -> dict:
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        f"model.path={tiny_model_dir}", "model.name=tiny-llama", "n_opt=4", "n_eval=4",
+        "eval.batch_size=4", "latency=null", "tracking=none", f"hydra.run.dir={run_dir}",
+        f"storage.path={tmp_path / 'trials.db'}", *args,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("searcher", "probe"),
+    [("cosine", "block_influence"), ("angular", "angular_distance"), ("random", "task_accuracy")],
+)
+def test_one_shot_searchers_end_with_n_drop_layers(tiny_model_dir, tmp_path, searcher, probe):
+    summary = run_search(
+        tiny_model_dir, tmp_path, f"searcher={searcher}", "n_drop=2",
+        *(["searcher.text.source=task"] if searcher != "random" else []),
+    )  # fmt: skip
+    assert summary["searcher"] == searcher and summary["probe"] == probe
+    assert [len(step["drop_layers"]) for step in summary["trajectory"]] == [0, 1, 2]
+    assert summary["stop_reason"] == "n_drop_reached"
+    assert len(summary["final"]["drop_layers"]) == 2
+    assert summary["final"]["heldout"]["n_examples"] == 4
+
+
+def test_sleb_in_a_spawned_worker_reads_its_calibration_text(tiny_model_dir, tmp_path):
+    summary = run_search(
+        tiny_model_dir, tmp_path, "searcher=sleb", "n_drop=1", "searcher.text.limit=4",
+        "workers=1",
+    )  # fmt: skip
+    assert summary["probe"] == "perplexity"
+    (step0, step1) = summary["trajectory"]
+    assert step0["drop_layers"] == [] and step1["drop_layers"][0] in (1, 2)  # ends protected
+    assert step0["score"] < 0  # -perplexity
+    assert summary["final"]["drop_layers"] == step1["drop_layers"]
+
+
+def test_one_shot_searcher_without_n_drop_is_a_usage_error(tiny_model_dir, tmp_path):
+    proc = run_cli(f"model.path={tiny_model_dir}", "searcher=cosine", "tracking=none",
+                   f"hydra.run.dir={tmp_path / 'r'}")  # fmt: skip
+    assert_usage_error(proc, "searcher 'cosine' needs the number of layers to drop", "n_drop=")
