@@ -45,7 +45,7 @@ from tale_opt.search_setup import (
     study_config,
 )
 from tale_opt.search_tracking import SearchTracking
-from tale_opt.types import Observation, SearchResult
+from tale_opt.types import TASK_ACCURACY, Observation, SearchResult
 
 log = logging.getLogger("tale_opt")
 
@@ -198,7 +198,7 @@ def _run(plan: SearchPlan, tracking: SearchTracking, out_dir: Path, started: flo
         evaluator = evaluate.evaluator if evaluate is not None else _load_evaluator(plan)
         prepared = evaluator.prepare(plan.splits.evaluation)
         costs = accepted_costs(evaluator, result.trajectory, plan.latency, prepared)
-        tracking.log_costs(costs)
+        tracking.log_costs(result.trajectory, costs)
         picks = pick_configurations(result, plan.num_layers, plan.lam, costs)
         measured = time.perf_counter()
         heldout = evaluate_heldout(evaluator, prepared, picks, writer)
@@ -265,7 +265,7 @@ def _search(
             )  # fmt: skip
         writer.record_candidate(obs, round_no=len(obs.drop))
         tracking.log_configuration(obs)
-        if not obs.drop:
+        if not obs.drop and obs.candidate.probe == TASK_ACCURACY:
             writer.write_predictions("optimization_baseline", obs.extras.get("predictions", []))
         state = getattr(searcher, "state", None)
         if state is not None:

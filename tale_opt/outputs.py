@@ -21,9 +21,14 @@ from typing import Any
 from tale_opt.types import Observation
 
 CANDIDATE_FIELDS = (
-    "round", "drop_key", "n_dropped", "status", "score", "accuracy", "invalid_rate",
+    "round", "drop_key", "n_dropped", "probe", "status", "score", "accuracy", "invalid_rate",
     "n_examples", "n_correct", "seconds",
 )  # fmt: skip
+
+
+def _row_key(row: Mapping[str, str]) -> str:
+    # `Candidate.key` of a CSV row (files written before the probe column: task accuracy).
+    return f"{row.get('probe') or 'task_accuracy'}:{row['drop_key']}"
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -67,7 +72,7 @@ class RunWriter:
         self._recorded: set[str] = set()
         if not new:
             with self._csv_path.open(newline="") as handle:
-                self._recorded = {row["drop_key"] for row in csv.DictReader(handle)}
+                self._recorded = {_row_key(row) for row in csv.DictReader(handle)}
         self._csv = self._csv_path.open("a", newline="")
         self._rows = csv.DictWriter(self._csv, fieldnames=CANDIDATE_FIELDS, extrasaction="ignore")
         if new:
@@ -79,16 +84,17 @@ class RunWriter:
         os.fsync(self._csv.fileno())
 
     def record_candidate(self, obs: Observation, round_no: int) -> None:
-        """Append one row for `obs`, unless its drop set already has one."""
-        if obs.drop.key in self._recorded:
+        """Append one row for `obs`, unless its candidate (drop set and probe) has one."""
+        if obs.candidate.key in self._recorded:
             return
-        self._recorded.add(obs.drop.key)
+        self._recorded.add(obs.candidate.key)
         metrics = dict(obs.metrics)
         self._rows.writerow(
             {
                 "round": round_no,
                 "drop_key": obs.drop.key,
                 "n_dropped": len(obs.drop),
+                "probe": obs.candidate.probe,
                 "status": obs.status.value,
                 "score": obs.score,
                 **metrics,

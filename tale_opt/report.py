@@ -30,15 +30,30 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
 
     Speed-up is measured end-to-end generate time where latency was measured, else the
     layer-count estimate L / (L - k), marked "est.".
+    A perplexity-probe searcher (SLEB) ranks by perplexity on its probe text: its optimization
+    column shows that perplexity; held-out columns are task accuracy for every searcher.
     """
+    probe = summary.get("probe", "task_accuracy")
+    if probe == "task_accuracy":
+        opt_head, threshold = "opt acc %", f"{_pct(summary['threshold'])}%"
+
+        def opt(score: float | None) -> str:
+            return _pct(score)
+    else:
+        opt_head, threshold = f"opt {probe}", "-"
+
+        def opt(score: float | None) -> str:
+            return "-" if score is None else f"{-score:.2f}"
+
     head = (
-        f"TALE search — model {summary['model']} · task {summary['task']} · "
-        f"scoring {summary['scoring']} · seed {summary['seed']}\n"
-        f"baseline {_pct(summary['baseline_accuracy'])}% on {summary['n_opt']} optimization "
-        f"examples · threshold {_pct(summary['threshold'])}% · stop: {summary['stop_reason']}\n"
+        f"{summary.get('searcher', 'tale')} search — model {summary['model']} · task "
+        f"{summary['task']} · scoring {summary['scoring']} · seed {summary['seed']}\n"
+        f"baseline {opt(summary['baseline_accuracy'])}{'%' if opt_head.endswith('%') else ''} "
+        f"on {summary['n_opt']} optimization examples · threshold {threshold} · "
+        f"stop: {summary['stop_reason']}\n"
     )
     lines = [
-        "| config | layers dropped (0-based) | layers | opt acc % | held-out acc % "
+        f"| config | layers dropped (0-based) | layers | {opt_head} | held-out acc % "
         "| held-out invalid % | speed-up |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
@@ -49,7 +64,7 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
         heldout = cfg.get("heldout", {})
         dropped = ",".join(str(i) for i in cfg["drop_layers"]) or "—"
         lines.append(
-            f"| {label} | {dropped} | {cfg['n_layers']} | {_pct(cfg['score'])} "
+            f"| {label} | {dropped} | {cfg['n_layers']} | {opt(cfg['score'])} "
             f"| {_pct(heldout.get('accuracy'))} | {_pct(heldout.get('invalid_rate'))} "
             f"| {_speedup(cfg)} |"
         )

@@ -8,7 +8,7 @@ Tracking is best-effort throughout: the tracker warns on backend failures, never
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,18 +76,20 @@ class SearchTracking:
             obs.drop.key,
             len(obs.drop),
             metrics,
-            params={"probe": obs.candidate.probe},
             status=obs.status.value,
+            probe=obs.candidate.probe,
         )
         if run_id is not None:
-            self._children[obs.drop.key] = run_id
+            self._children[obs.candidate.key] = run_id
 
-    def log_costs(self, costs: Mapping[DropSet, Mapping[str, Any]]) -> None:
+    def log_costs(
+        self, accepted: Sequence[Observation], costs: Mapping[DropSet, Mapping[str, Any]]
+    ) -> None:
         """Latency and measured speed-up of accepted configurations, into their child runs."""
-        for drop, cost in costs.items():
-            run_id = self._children.get(drop.key)
-            if run_id is not None:
-                self.tracker.log_metrics(cost, run_id=run_id)
+        for obs in accepted:
+            run_id = self._children.get(obs.candidate.key)
+            if run_id is not None and obs.drop in costs:
+                self.tracker.log_metrics(costs[obs.drop], run_id=run_id)
 
     def finish(self, summary: Mapping[str, Any], out_dir: Path) -> None:
         """Summary metrics and tags, the run's tables and plots, then close the parent run."""

@@ -92,7 +92,7 @@ def test_search_end_to_end_writes_every_result_file(tiny_model_dir, tmp_path):
     # accepted configuration and the speed-up of the baseline over itself is exactly 1.
     assert summary["baseline"]["speedup_measured"] == 1.0
     for step in summary["trajectory"]:
-        assert set(step["latency"]) == {"b1", "b8"}
+        assert set(step["latency"]) == {"b1", "b4"}
         assert step["latency"]["b1"]["ttft_ms"] > 0
     tflops = [step["tflops"] for step in summary["trajectory"]]
     assert tflops == sorted(tflops, reverse=True) and len(set(tflops)) == len(tflops)

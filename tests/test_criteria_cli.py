@@ -4,11 +4,12 @@ ends with a Final configuration of exactly n_drop layers scored on the held-out 
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 
-from tests.test_cli import assert_usage_error, run_cli
+from tests.test_cli import MLFLOW_URI, assert_usage_error, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -56,3 +57,29 @@ def test_one_shot_searcher_without_n_drop_is_a_usage_error(tiny_model_dir, tmp_p
     proc = run_cli(f"model.path={tiny_model_dir}", "searcher=cosine", "tracking=none",
                    f"hydra.run.dir={tmp_path / 'r'}")  # fmt: skip
     assert_usage_error(proc, "searcher 'cosine' needs the number of layers to drop", "n_drop=")
+
+
+def test_a_probe_of_the_full_model_and_its_accuracy_are_separate_records(tiny_model_dir, tmp_path):
+    """Block Influence and the baseline accuracy both score the empty drop set: each keeps its
+    own CSV row, MLflow child run and (for accuracy) the baseline predictions."""
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        f"model.path={tiny_model_dir}", "n_opt=4", "n_eval=4", "eval.batch_size=4",
+        "latency=null", "searcher=cosine", "n_drop=2", "searcher.text.source=task",
+        f"hydra.run.dir={run_dir}", f"storage.path={tmp_path / 'trials.db'}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((run_dir / "candidate_results.csv").open()))
+    assert sorted((r["probe"], r["drop_key"]) for r in rows if r["drop_key"] == "") == [
+        ("block_influence", ""),
+        ("task_accuracy", ""),
+    ]
+    assert len(rows) == 4  # the probe, the baseline, drop sets of 1 and 2 layers
+    baseline = (run_dir / "predictions" / "optimization_baseline.jsonl").read_text()
+    assert len(baseline.splitlines()) == 4
+    from tale_opt.tracking.query import child_runs
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    children = child_runs(MLFLOW_URI, summary["tracking"]["parent_run_id"])
+    probes = sorted((c.tags["tale_opt.probe"], c.tags["tale_opt.drop_key"]) for c in children)
+    assert probes == sorted((r["probe"], r["drop_key"]) for r in rows)

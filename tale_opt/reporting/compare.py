@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tale_opt.tracking import records as rec
 from tale_opt.tracking.records import PICKS
 
 # Final (most layers dropped; k of them with n_drop=k) compares criteria at equal sparsity.
@@ -64,6 +65,9 @@ def _first(mapping: Mapping[str, Any], *keys: str, default: str = "?") -> str:
 def search_view(record: Any) -> SearchView:
     """Read a parent run (tags first, then the logged config params) into a `SearchView`."""
     tags, params, metrics = record.tags, record.params, record.metrics
+    # Optimization scores are accuracies unless the searcher ranked by a probe (SLEB: negative
+    # perplexity); those are left out rather than shown as percentages.
+    accuracy = tags.get(rec.PROBE_TAG, rec.TASK_ACCURACY) == rec.TASK_ACCURACY
     picks = {}
     for pick, _ in PICKS:
         measured = metrics.get(f"{pick}.speedup_measured")
@@ -71,7 +75,7 @@ def search_view(record: Any) -> SearchView:
         picks[pick] = PickView(
             n_dropped=None if n_dropped is None else int(n_dropped),
             drop=tags.get(f"tale_opt.{pick}.drop"),
-            opt_accuracy=metrics.get(f"{pick}.score"),
+            opt_accuracy=metrics.get(f"{pick}.score") if accuracy else None,
             heldout_accuracy=metrics.get(f"{pick}.heldout.accuracy"),
             speedup=measured if measured is not None else metrics.get(f"{pick}.speedup_estimate"),
             speedup_measured=measured is not None,
@@ -82,6 +86,7 @@ def search_view(record: Any) -> SearchView:
     trajectory = [
         (int(steps.get(step, step)), value)
         for step, value in sorted(record.history.get("trajectory.score", []))
+        if accuracy
     ]
     return SearchView(
         run_id=record.run_id,

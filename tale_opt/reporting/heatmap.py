@@ -42,10 +42,12 @@ class Candidate:
     pruned: bool
 
 
-def read_candidates(path: str | Path) -> list[Candidate]:
-    """Parse candidate_results.csv; a drop set logged twice (a resumed run) counts once."""
+def read_candidates(path: str | Path, probe: str = "task_accuracy") -> list[Candidate]:
+    """Parse the rows of candidate_results.csv scored by `probe` (one-shot searchers also
+    log probe rows); a drop set logged twice (a resumed run) counts once."""
     with Path(path).open(newline="") as handle:
-        return parse_candidates(csv.DictReader(handle))
+        rows = csv.DictReader(handle)
+        return parse_candidates(r for r in rows if (r.get("probe") or "task_accuracy") == probe)
 
 
 def parse_candidates(

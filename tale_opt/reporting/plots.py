@@ -33,18 +33,22 @@ def plot_trajectory(
     """
     plt = pyplot()
     trajectory = summary.get("trajectory") or []
+    # Scores are accuracies, or negative perplexities for a perplexity-probe searcher (SLEB):
+    # those are drawn as perplexity, without the held-out accuracies (another scale).
+    accuracy = summary.get("probe", "task_accuracy") == "task_accuracy"
+    scale = 100 if accuracy else -1
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     if candidates:
         ax.scatter(
             [c.round for c in candidates],
-            [100 * c.score for c in candidates],
+            [scale * c.score for c in candidates],
             s=10,
             color="0.75",
             label="candidates",
             zorder=1,
         )
     xs = [obs.get("n_dropped", i) for i, obs in enumerate(trajectory)]
-    ys = [100 * obs["score"] for obs in trajectory]
+    ys = [scale * obs["score"] for obs in trajectory]
     ax.plot(xs, ys, "-o", color="tab:blue", ms=4, label="accepted (optimization)", zorder=3)
     for i in range(1, len(trajectory)):
         removed = set(trajectory[i].get("drop_layers", [])) - set(
@@ -62,16 +66,16 @@ def plot_trajectory(
             )
     baseline = summary.get("baseline_accuracy")
     if baseline is not None:
-        ax.axhline(100 * baseline, color="0.3", ls="--", lw=1, label="baseline")
+        ax.axhline(scale * baseline, color="0.3", ls="--", lw=1, label="baseline")
     if summary.get("threshold") is not None:
-        ax.axhline(100 * summary["threshold"], color="tab:red", ls=":", lw=1, label="threshold")
+        ax.axhline(scale * summary["threshold"], color="tab:red", ls=":", lw=1, label="threshold")
     marks = (("best", "Best", "*", "gold", 16), ("bsba", "BSBA", "D", "tab:green", 7))
     for key, label, marker, color, size in marks:
         pick = summary.get(key)
         if isinstance(pick, Mapping) and "score" in pick:
             ax.plot(
                 pick.get("n_dropped", len(pick.get("drop_layers", []))),
-                100 * pick["score"],
+                scale * pick["score"],
                 marker=marker,
                 color=color,
                 ms=size,
@@ -85,7 +89,7 @@ def plot_trajectory(
         acc = (
             (pick or {}).get("heldout", {}).get("accuracy") if isinstance(pick, Mapping) else None
         )
-        if acc is not None:
+        if acc is not None and accuracy:
             ax.plot(
                 pick.get("n_dropped", 0),
                 100 * acc,
@@ -98,7 +102,7 @@ def plot_trajectory(
                 label="held-out" if key == "baseline" else None,
             )
     ax.set_xlabel("layers dropped (iteration); −ℓ: layer ℓ (0-based) removed at that step")
-    ax.set_ylabel("accuracy %")
+    ax.set_ylabel("accuracy %" if accuracy else f"perplexity ({summary.get('probe')} probe)")
     ax.set_title(_title(summary), fontsize=10)
     if xs:
         ax.set_xticks(range(0, max(xs + [c.round for c in candidates]) + 1))
@@ -189,8 +193,11 @@ def write_search_plots(run_dir: str | Path, out_dir: str | Path | None = None) -
     out = Path(out_dir) if out_dir is not None else run_dir
     summary = json.loads((run_dir / "summary.json").read_text())
     csv_path = run_dir / "candidate_results.csv"
-    candidates = read_candidates(csv_path) if csv_path.is_file() else []
+    probe = summary.get("probe", "task_accuracy")
+    candidates = read_candidates(csv_path, probe) if csv_path.is_file() else []
     written = [plot_trajectory(summary, out / TRAJECTORY_PNG, candidates)]
+    if probe != "task_accuracy":
+        return written  # the heatmap's colour scale is centred on a baseline accuracy
     trajectory = [obs.get("drop_layers", []) for obs in summary.get("trajectory") or []]
     heatmap = heatmap_matrix(candidates, int(summary["num_layers"]), trajectory or None)
     if heatmap.rounds:

@@ -66,11 +66,13 @@ class Tracker(abc.ABC):
         params: Mapping[str, Any] | None = None,
         *,
         status: str = "complete",
+        probe: str = "task_accuracy",
     ) -> str | None:
         """Record one evaluated configuration as a child run of `parent_run_id`.
 
-        Idempotent per (parent, drop key) within a process and across a resume: a drop set
-        that already has a child run is not logged again, and its run id is returned.
+        Idempotent per (parent, drop key, probe) within a process and across a resume: a
+        configuration that already has a child run is not logged again; its run id is
+        returned.
 
         Args:
             parent_run_id: From `start_search` / `worker_info`; None records nothing.
@@ -79,6 +81,8 @@ class Tracker(abc.ABC):
             metrics: Numbers (accuracy, invalid_rate, tflops, latency...); others are skipped.
             params: Extra parameters of this configuration.
             status: "complete", or "pruned" when the score is an upper bound.
+            probe: What scored it; a probe of the full model (one-shot searchers) and its
+                task accuracy are two child runs.
         """
 
     @abc.abstractmethod
@@ -114,7 +118,15 @@ class NullTracker(Tracker):
         return None
 
     def log_configuration(
-        self, parent_run_id, drop_key, round, metrics, params=None, *, status="complete"
+        self,
+        parent_run_id,
+        drop_key,
+        round,
+        metrics,
+        params=None,
+        *,
+        status="complete",
+        probe="task_accuracy",
     ) -> None:
         return None
 

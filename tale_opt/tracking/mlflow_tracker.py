@@ -187,7 +187,10 @@ class MlflowTracker(Tracker):
         experiment_id = self._run_experiment[parent_run_id]
         found = self._search(experiment_id, f"tags.`{rec.PARENT_TAG}` = '{parent_run_id}'")
         return {
-            run.data.tags[rec.DROP_KEY_TAG]: run.info.run_id
+            rec.child_key(
+                run.data.tags[rec.DROP_KEY_TAG],
+                run.data.tags.get(rec.PROBE_TAG, rec.TASK_ACCURACY),
+            ): run.info.run_id
             for run in found
             if rec.DROP_KEY_TAG in run.data.tags
         }
@@ -257,6 +260,7 @@ class MlflowTracker(Tracker):
         params: Mapping[str, Any] | None = None,
         *,
         status: str = "complete",
+        probe: str = rec.TASK_ACCURACY,
     ) -> str | None:
         if parent_run_id is None or self._disabled:
             return None
@@ -266,8 +270,9 @@ class MlflowTracker(Tracker):
             known = self._children.get(parent_run_id)
             if known is None:
                 return None
-        if drop_key in known:
-            return known[drop_key]
+        key = rec.child_key(drop_key, probe)
+        if key in known:
+            return known[key]
         n_dropped = len(DropSet.parse(drop_key))
 
         def log() -> str:
@@ -277,8 +282,11 @@ class MlflowTracker(Tracker):
                 rec.DROP_KEY_TAG: drop_key,
                 rec.ROUND_TAG: str(round),
                 rec.STATUS_TAG: status,
+                rec.PROBE_TAG: probe,
             }
             name = f"round {round} drop {drop_key or 'none'}"
+            if probe != rec.TASK_ACCURACY:
+                name += f" ({probe})"
             experiment_id = self._run_experiment[parent_run_id]
             run_id = self._client().create_run(experiment_id, tags=tags, run_name=name).info.run_id
             values = {
@@ -294,7 +302,7 @@ class MlflowTracker(Tracker):
 
         run_id = self._guard(f"log configuration {drop_key or 'baseline'!r}", log)
         if run_id is not None:
-            known[drop_key] = run_id
+            known[key] = run_id
         return run_id
 
     def log_metrics(

@@ -27,6 +27,8 @@ SEARCH_KEY_TAG = "tale_opt.search_key"
 DROP_KEY_TAG = "tale_opt.drop_key"
 ROUND_TAG = "tale_opt.round"
 STATUS_TAG = "tale_opt.status"
+PROBE_TAG = "tale_opt.probe"  # what scored the configuration (task_accuracy, perplexity, ...)
+TASK_ACCURACY = "task_accuracy"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 
 # Config keys that say where or how a search runs, not what it searches: left out of
@@ -50,6 +52,12 @@ PICKS = (
     ("ae_hm", "AE-HM"),
     ("final", "Final"),
 )
+
+
+def child_key(drop_key: str, probe: str = TASK_ACCURACY) -> str:
+    """Identity of a child run within its parent: the drop set, and the probe unless it is
+    task accuracy (a one-shot searcher scores the full model with a probe *and* accuracy)."""
+    return drop_key if probe == TASK_ACCURACY else f"{probe}:{drop_key}"
 
 
 def sanitize_key(key: str) -> str:
@@ -158,8 +166,12 @@ def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
 
 
 def summary_tags(summary: Mapping[str, Any]) -> dict[str, str]:
-    """Parent-run tags of a finished search: stop reason and each pick's dropped layers."""
-    tags = {"tale_opt.stop_reason": str(summary.get("stop_reason"))}
+    """Parent-run tags of a finished search: stop reason, the probe its optimization scores
+    come from, and each pick's dropped layers."""
+    tags = {
+        "tale_opt.stop_reason": str(summary.get("stop_reason")),
+        PROBE_TAG: str(summary.get("probe", TASK_ACCURACY)),
+    }
     for pick, _ in PICKS:
         record = summary.get(pick)
         if isinstance(record, Mapping) and "drop_layers" in record:
