@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from searchers.oneshot import OneShotSearcher, prefixes
 from tale_opt.types import Candidate, DropSet, Observation
@@ -33,7 +34,11 @@ class RandomDrop(OneShotSearcher):
         n_drop: int | None = None,
         seed: int = 0,
         protected: Iterable[int] = (),
+        text: Any = None,
     ) -> None:
+        # `text` is read by no probe here; it is accepted so that one sweep over searchers can
+        # set `++searcher.text.*` for the others.
+        del text
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"`seed` must be an integer, but got seed={seed!r}")
         super().__init__(num_layers, n_drop=n_drop, protected=protected)

@@ -33,7 +33,7 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
     A perplexity-probe searcher (SLEB) ranks by perplexity on its probe text: its optimization
     column shows that perplexity; held-out columns are task accuracy for every searcher.
     """
-    probe = summary.get("probe", "task_accuracy")
+    probe = summary.get("score_probe", "task_accuracy")
     if probe == "task_accuracy":
         opt_head, threshold = "opt acc %", f"{_pct(summary['threshold'])}%"
 

@@ -99,7 +99,9 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
         "model_path": cfg["model"].get("path"),
         "task": task.name,
         "searcher": cfg["searcher"].get("name"),
-        "probe": getattr(plan.searcher, "probe", "task_accuracy"),
+        "probe": getattr(plan.searcher, "probe", "task_accuracy"),  # what ranks the layers
+        # What every `score` below is (one-shot searchers rank by a probe, then score accuracy).
+        "score_probe": result.baseline.candidate.probe,
         "scoring": cfg["eval"].get("scoring"),
         "seed": cfg["seed"],
         "num_layers": num_layers,

@@ -35,6 +35,8 @@ def test_one_shot_searchers_end_with_n_drop_layers(tiny_model_dir, tmp_path, sea
         *(["searcher.text.source=task"] if searcher != "random" else []),
     )  # fmt: skip
     assert summary["searcher"] == searcher and summary["probe"] == probe
+    assert summary["score_probe"] == "task_accuracy"  # ranked by the probe, scored by accuracy
+    assert "| opt acc % |" in (tmp_path / "run" / "summary.md").read_text()
     assert [len(step["drop_layers"]) for step in summary["trajectory"]] == [0, 1, 2]
     assert summary["stop_reason"] == "n_drop_reached"
     assert len(summary["final"]["drop_layers"]) == 2
@@ -50,6 +52,9 @@ def test_sleb_in_a_spawned_worker_reads_its_calibration_text(tiny_model_dir, tmp
     (step0, step1) = summary["trajectory"]
     assert step0["drop_layers"] == [] and step1["drop_layers"][0] in (1, 2)  # ends protected
     assert step0["score"] < 0  # -perplexity
+    assert summary["score_probe"] == "perplexity"
+    table = (tmp_path / "run" / "summary.md").read_text()
+    assert "| opt perplexity |" in table and f"| {-step0['score']:.2f} |" in table
     assert summary["final"]["drop_layers"] == step1["drop_layers"]
 
 

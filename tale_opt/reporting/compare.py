@@ -67,7 +67,7 @@ def search_view(record: Any) -> SearchView:
     tags, params, metrics = record.tags, record.params, record.metrics
     # Optimization scores are accuracies unless the searcher ranked by a probe (SLEB: negative
     # perplexity); those are left out rather than shown as percentages.
-    accuracy = tags.get(rec.PROBE_TAG, rec.TASK_ACCURACY) == rec.TASK_ACCURACY
+    accuracy = tags.get(rec.SCORE_PROBE_TAG, rec.TASK_ACCURACY) == rec.TASK_ACCURACY
     picks = {}
     for pick, _ in PICKS:
         measured = metrics.get(f"{pick}.speedup_measured")

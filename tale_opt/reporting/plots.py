@@ -35,7 +35,7 @@ def plot_trajectory(
     trajectory = summary.get("trajectory") or []
     # Scores are accuracies, or negative perplexities for a perplexity-probe searcher (SLEB):
     # those are drawn as perplexity, without the held-out accuracies (another scale).
-    accuracy = summary.get("probe", "task_accuracy") == "task_accuracy"
+    accuracy = summary.get("score_probe", "task_accuracy") == "task_accuracy"
     scale = 100 if accuracy else -1
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     if candidates:
@@ -193,7 +193,7 @@ def write_search_plots(run_dir: str | Path, out_dir: str | Path | None = None) -
     out = Path(out_dir) if out_dir is not None else run_dir
     summary = json.loads((run_dir / "summary.json").read_text())
     csv_path = run_dir / "candidate_results.csv"
-    probe = summary.get("probe", "task_accuracy")
+    probe = summary.get("score_probe", "task_accuracy")
     candidates = read_candidates(csv_path, probe) if csv_path.is_file() else []
     written = [plot_trajectory(summary, out / TRAJECTORY_PNG, candidates)]
     if probe != "task_accuracy":

@@ -28,6 +28,7 @@ DROP_KEY_TAG = "tale_opt.drop_key"
 ROUND_TAG = "tale_opt.round"
 STATUS_TAG = "tale_opt.status"
 PROBE_TAG = "tale_opt.probe"  # what scored the configuration (task_accuracy, perplexity, ...)
+SCORE_PROBE_TAG = "tale_opt.score_probe"  # parent: what its picks' optimization scores are
 TASK_ACCURACY = "task_accuracy"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 
@@ -170,7 +171,7 @@ def summary_tags(summary: Mapping[str, Any]) -> dict[str, str]:
     come from, and each pick's dropped layers."""
     tags = {
         "tale_opt.stop_reason": str(summary.get("stop_reason")),
-        PROBE_TAG: str(summary.get("probe", TASK_ACCURACY)),
+        SCORE_PROBE_TAG: str(summary.get("score_probe", TASK_ACCURACY)),
     }
     for pick, _ in PICKS:
         record = summary.get(pick)
