@@ -33,6 +33,7 @@ def run_search(workers: int, args: argparse.Namespace, tmp: Path) -> dict:
         f"n_opt={args.n_opt}", f"n_eval={args.n_eval}", f"searcher.max_drop={args.max_drop}",
         f"eval.batch_size={args.batch_size}", f"workers={workers}",
         f"storage.path={tmp / f'trials-{workers}.db'}", f"hydra.run.dir={run_dir}",
+        "latency=null", "tracking=none",  # the workers are measured, not the reporting
     ]  # fmt: skip
     if args.threads:
         command.append(f"worker_threads={args.threads}")

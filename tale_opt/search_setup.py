@@ -247,12 +247,19 @@ class CandidateEvaluator:
     # Takes `can_still_win` (exact early termination, see `Evaluator.evaluate`): a candidate
     # stopped early comes back PRUNED with its upper bound as the score.
     supports_early_stop = True
+    # Takes `base`: the drop set the candidate's round shares (from the coordinator), so the
+    # round's first candidate in this worker already starts from cached hidden states.
+    takes_base = True
 
     def __call__(
-        self, candidate: Candidate, *, can_still_win: Callable[[int], bool] | None = None
+        self,
+        candidate: Candidate,
+        *,
+        can_still_win: Callable[[int], bool] | None = None,
+        base: DropSet | None = None,
     ) -> Observation:
         if candidate.probe == TASK_ACCURACY:
-            return self._task_accuracy(candidate, can_still_win)
+            return self._task_accuracy(candidate, can_still_win, base)
         if candidate.probe in TEXT_PROBES:
             return self._text_probe(candidate)
         hint = did_you_mean(candidate.probe, PROBES)
@@ -279,10 +286,15 @@ class CandidateEvaluator:
         return runner(candidate)
 
     def _task_accuracy(
-        self, candidate: Candidate, can_still_win: Callable[[int], bool] | None = None
+        self,
+        candidate: Candidate,
+        can_still_win: Callable[[int], bool] | None = None,
+        base: DropSet | None = None,
     ) -> Observation:
         label = f"round {len(candidate.drop)} drop {candidate.drop}" if self.progress else False
-        res = self.reuse.evaluate(candidate.drop, progress=label, can_still_win=can_still_win)
+        res = self.reuse.evaluate(
+            candidate.drop, base=base, progress=label, can_still_win=can_still_win
+        )
         metrics = {**res.metrics(), "tflops": self.tflops(candidate.drop)}
         extras: dict[str, Any] = {}
         if not candidate.drop:

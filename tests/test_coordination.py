@@ -280,3 +280,18 @@ def test_fake_helpers_count_per_process(tmp_path):
     FakeEvaluate(log_dir=str(tmp_path))(Candidate(DropSet((1,))))
     assert evaluations(tmp_path) == {"1": 1}
     assert Path(tmp_path / f"{os.getpid()}.log").exists()
+
+
+def test_round_base_is_what_a_greedy_round_shares_and_nothing_else():
+    from tale_opt.coordination.study import round_base
+    from tale_opt.types import Candidate, DropSet
+
+    def batch(*drops):
+        return [Candidate(DropSet(d)) for d in drops]
+
+    assert round_base(batch((0,), (1,), (2,))) == DropSet()
+    assert round_base(batch((3, 0), (3, 1), (3, 5))) == DropSet((3,))
+    assert round_base(batch((3,))) is None  # one candidate reveals no round
+    assert round_base(batch((), ())) is None  # round 0: a probe and the baseline
+    assert round_base(batch((1,), (1, 2))) is None  # nested one-shot drop sets
+    assert round_base(batch((0, 1), (2, 3))) is None  # nothing shared

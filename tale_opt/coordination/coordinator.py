@@ -116,10 +116,12 @@ def _coordinate(
             on_observation(obs, trial)
         if searcher.done:
             break
-        for candidate in searcher.propose():
+        proposed = searcher.propose()
+        base = st.round_base(proposed)
+        for candidate in proposed:
             attempts = groups.get(candidate.key, [])
             if not attempts:
-                st.enqueue(study, candidate, prunable=prunable)
+                st.enqueue(study, candidate, prunable=prunable, base=base)
             elif any(t.state in _LIVE for t in attempts):
                 pass
             elif any(t._trial_id in fed for t in attempts) and not any(

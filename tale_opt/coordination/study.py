@@ -35,6 +35,7 @@ from tale_opt.types import Candidate, DropSet, Observation, Status
 MARKER = "tale_opt.candidate"
 DROP, PROBE, ROUND = "tale_opt.drop", "tale_opt.probe", "tale_opt.round"
 PRUNABLE = "tale_opt.prunable"
+BASE = "tale_opt.base"  # the round's shared drop set: where prefix reuse starts
 RESULT = "tale_opt.result"
 WORKER, ERROR, STRAY = "tale_opt.worker", "tale_opt.error", "tale_opt.stray"
 # Study user attributes.
@@ -124,9 +125,16 @@ def set_finished(study: optuna.Study, finished: bool) -> None:
     study.set_user_attr(FINISHED, finished)
 
 
-def enqueue(study: optuna.Study, candidate: Candidate, *, prunable: bool = False) -> None:
+def enqueue(
+    study: optuna.Study,
+    candidate: Candidate,
+    *,
+    prunable: bool = False,
+    base: DropSet | None = None,
+) -> None:
     """Queue `candidate` as a WAITING trial carrying the marker (workers claim the oldest
-    waiting trial first, so candidates run in the order they are enqueued)."""
+    waiting trial first, so candidates run in the order they are enqueued). `base`, the drop
+    set every candidate of its round shares, lets a worker start prefix reuse at once."""
     attrs: dict[str, Any] = {
         MARKER: candidate.key,
         DROP: candidate.drop.key,
@@ -135,7 +143,25 @@ def enqueue(study: optuna.Study, candidate: Candidate, *, prunable: bool = False
     }
     if prunable:
         attrs[PRUNABLE] = True
+    if base is not None:
+        attrs[BASE] = base.key
     study.enqueue_trial({}, user_attrs=attrs)
+
+
+def round_base(candidates: list[Candidate]) -> DropSet | None:
+    """The drop set shared by a batch of proposed candidates of one size (a greedy round's
+    current model), or None when there is no such round."""
+    sizes = {len(c.drop) for c in candidates}
+    if len(candidates) < 2 or len(sizes) != 1:
+        return None
+    shared = set.intersection(*(set(c.drop) for c in candidates))
+    return DropSet.of(shared) if len(shared) == sizes.pop() - 1 else None
+
+
+def base_of(trial: FrozenTrial | optuna.Trial) -> DropSet | None:
+    """The round base the coordinator stored with a trial, if any."""
+    key = trial.user_attrs.get(BASE)
+    return None if key is None else DropSet.parse(key)
 
 
 def is_prunable(trial: FrozenTrial | optuna.Trial) -> bool:

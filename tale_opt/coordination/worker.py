@@ -94,12 +94,14 @@ def run_one(study: optuna.Study, evaluate: Evaluate, stats: WorkerStats | None =
             raise optuna.TrialPruned("not a tale_opt candidate (queue emptied in a race)")
         try:
             trial.set_user_attr(st.WORKER, worker_id())
+            # Evaluators that reuse prefixes (CandidateEvaluator) take the round's base.
+            hints = {"base": st.base_of(trial)} if getattr(evaluate, "takes_base", False) else {}
             if st.is_prunable(trial) and getattr(evaluate, "supports_early_stop", False):
                 incumbent = Incumbent(study, candidate)
-                observation = evaluate(candidate, can_still_win=incumbent)
+                observation = evaluate(candidate, can_still_win=incumbent, **hints)
                 observation = incumbent.annotate(observation)
             else:
-                observation = evaluate(candidate)
+                observation = evaluate(candidate, **hints)
             for key, value in st.result_attrs(observation).items():
                 trial.set_user_attr(key, value)
         except UpdateFinishedTrialError as err:
