@@ -27,7 +27,8 @@ from tale_opt.types import (
 log = logging.getLogger("tale_opt")
 
 MODEL_KEYS = ("path", "revision", "dtype", "device", "trust_remote_code", "attn_implementation")
-EVAL_KEYS = ("scoring", "batch_size", "max_new_tokens")
+# `shared_prefix` is here because it changes scores to rounding (like `batch_size`).
+EVAL_KEYS = ("scoring", "batch_size", "max_new_tokens", "shared_prefix")
 # Memory for prefix reuse (GiB). It changes no score, so it travels beside `eval` (which is in
 # the fingerprint) and a resumed search may use another value.
 DEFAULT_PREFIX_CACHE_GB = 4.0
@@ -145,6 +146,10 @@ def check_eval_options(config: Mapping[str, Any]) -> None:
         value = eval_cfg.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"`{key} >= 1` must hold, but got {key}={value!r}")
+    if not isinstance(eval_cfg.get("shared_prefix", True), bool):
+        raise UsageError(
+            f"`eval.shared_prefix` must be true or false, but got {eval_cfg['shared_prefix']!r}"
+        )
     budget = config.get("prefix_cache_gb", DEFAULT_PREFIX_CACHE_GB)
     if isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0:
         raise UsageError(
@@ -178,6 +183,7 @@ def build_evaluator(config: Mapping[str, Any], model: Any, tokenizer: Any, task:
         scoring=eval_cfg.get("scoring", "letters"),
         batch_size=eval_cfg.get("batch_size", 16),
         max_new_tokens=eval_cfg.get("max_new_tokens", 1),
+        shared_prefix=eval_cfg.get("shared_prefix", True),
     )
 
 

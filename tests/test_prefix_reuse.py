@@ -103,7 +103,10 @@ def test_a_candidate_runs_only_its_layers_above_the_first_extra_drop(family, tok
         calls = LayerCalls(evaluator.model)
         evaluator.evaluate(prepared, DropSet((layer,)), prefix=cache)
         calls.close()
-        expected = [0] * (layer + 1) + [n_batches] * (NUM_LAYERS - layer - 1)
+        # The shared prompt prefix (llama; not gemma3's sliding cache) runs once through
+        # every kept layer; the batches only through the layers above the dropped one.
+        once = 1 if prepared.shared_len else 0
+        expected = [once] * layer + [0] + [once + n_batches] * (NUM_LAYERS - layer - 1)
         assert calls.calls == expected
 
 
@@ -134,7 +137,7 @@ def test_footprint_is_the_exact_size_of_the_stored_tensors(tokenizer, task):
     cache = evaluator.prefix_cache(prepared, DropSet((1,)), budget_gb=1.0)
     stored = [t for states in cache.states.values() for t in states]
     assert cache.nbytes == sum(t.numel() * t.element_size() for t in stored)
-    per_layer = state_bytes_per_layer(prepared.prompt_ids, BATCH, 32, torch.float32)
+    per_layer = state_bytes_per_layer(forward_sequences(prepared), BATCH, 32, torch.float32)
     assert cache.nbytes == per_layer * len(cache.states) == per_layer * (NUM_LAYERS - 2)
 
 

@@ -40,6 +40,13 @@ from tale_opt.evaluation.scoring import (
     score_continuations,
     score_labels,
 )
+from tale_opt.evaluation.shared_prefix import (
+    PrefixKV,
+    prefix_kv,
+    shared_prefix_length,
+    supports_shared_prefix,
+)
+from tale_opt.model.surgery import dropped_layers
 from tale_opt.tasks.base import Example, Task
 from tale_opt.types import DropSet
 
@@ -53,6 +60,8 @@ class PreparedSplit:
 
     `label_ids` (letters) holds per example, per label, the candidate token ids;
     `continuation_ids` (loglik) holds per example, per choice, the continuation's token ids.
+    `shared_len` is how many leading tokens every prompt shares (0: none, or not used); they
+    run once per candidate (`tale_opt.evaluation.shared_prefix`), each row runs the rest.
     """
 
     scoring: str
@@ -60,6 +69,7 @@ class PreparedSplit:
     prompt_ids: tuple[tuple[int, ...], ...]
     label_ids: tuple[tuple[tuple[int, ...], ...], ...] = ()
     continuation_ids: tuple[tuple[tuple[int, ...], ...], ...] = ()
+    shared_len: int = 0
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -67,6 +77,17 @@ class PreparedSplit:
     @property
     def n_prompt_tokens(self) -> int:
         return sum(len(ids) for ids in self.prompt_ids)
+
+    @property
+    def shared_prefix(self) -> tuple[int, ...]:
+        return self.prompt_ids[0][: self.shared_len] if self.shared_len else ()
+
+    @property
+    def row_prompt_ids(self) -> tuple[tuple[int, ...], ...]:
+        """Each prompt without the shared prefix: what the rows of a batch run."""
+        if not self.shared_len:
+            return self.prompt_ids
+        return tuple(ids[self.shared_len :] for ids in self.prompt_ids)
 
 
 def _argmax(values: Sequence[float]) -> int:
@@ -88,6 +109,10 @@ class Evaluator:
         device: Where input tensors go; defaults to the device of the model's first parameter.
         stop_strings: Strings that end a generated reply; None = the task's ``stop_strings``
             (and its ``stop_patterns``, regexes kept up to the end of the match).
+        shared_prefix: In ``letters`` and ``loglik`` mode, run the tokens every prompt starts
+            with once per candidate and attend to them from a KV cache (scores equal to
+            rounding; see `tale_opt.evaluation.shared_prefix`). Models with sliding-window or
+            hybrid caches always run the plain path.
 
     Raises:
         UsageError: An unknown scoring mode, or a batch size / token budget below 1.
@@ -104,6 +129,7 @@ class Evaluator:
         max_new_tokens: int = 1,
         device: torch.device | str | None = None,
         stop_strings: Sequence[str] | None = None,
+        shared_prefix: bool = True,
     ) -> None:
         if scoring not in SCORING_MODES:
             raise UsageError(
@@ -131,6 +157,9 @@ class Evaluator:
         if stop_strings is None:
             stop_strings = getattr(task, "stop_strings", ())
         self.stop = StopCondition(stop_strings, getattr(task, "stop_patterns", ()))
+        self.shared_prefix = (
+            bool(shared_prefix) and scoring in PREFIX_SCORING and supports_shared_prefix(model)
+        )
 
     # -- tokenization, once per run -------------------------------------------------------
     def prepare(self, examples: Sequence[Example]) -> PreparedSplit:
@@ -169,9 +198,11 @@ class Evaluator:
                         "multiple-choice task"
                     )
                 continuation_ids.append(ids)
+        shared_len = shared_prefix_length(prompt_ids) if self.shared_prefix else 0
         return PreparedSplit(
-            self.scoring, examples, prompt_ids, tuple(label_ids), tuple(continuation_ids)
-        )
+            self.scoring, examples, prompt_ids, tuple(label_ids), tuple(continuation_ids),
+            shared_len,
+        )  # fmt: skip
 
     def _encode_continuation(self, example: Example, text: str) -> tuple[int, ...]:
         # Tokenized on its own (no special tokens) so the prompt's tokens stay exactly those of
@@ -232,10 +263,12 @@ class Evaluator:
                 disable=progress is False,
             ) as bar,
             _eval_mode(self.model),
-            resumed(self.model, drop, self._usable(prefix, prepared)),
+            dropped_layers(self.model, drop),
             torch.inference_mode(),
         ):
-            predictions = self._predict(prepared, bar.update, can_still_win)
+            kv = self._prefix_kv(prepared)  # before the stand-ins: every kept layer is real
+            with resumed(self.model, drop, self._usable(prefix, prepared)):
+                predictions = self._predict(prepared, bar.update, can_still_win, kv)
         return self._result(prepared, predictions, time.perf_counter() - start)
 
     def prefix_cache(
@@ -254,6 +287,11 @@ class Evaluator:
                 device=self.device, budget_bytes=int(budget_gb * GIB),
             )  # fmt: skip
 
+    def _prefix_kv(self, prepared: PreparedSplit) -> PrefixKV | None:
+        if not prepared.shared_len:
+            return None
+        return prefix_kv(self.model, prepared.shared_prefix, self.device)
+
     def _usable(self, prefix: PrefixCache | None, prepared: PreparedSplit) -> PrefixCache | None:
         if prefix is None or self.scoring not in PREFIX_SCORING:
             return None
@@ -264,9 +302,11 @@ class Evaluator:
         prepared: PreparedSplit,
         advance: Progress,
         can_still_win: Callable[[int], bool] | None = None,
+        kv: PrefixKV | None = None,
     ) -> list[Prediction]:
         """Predictions of the examples scored, in example order: all of them, unless
-        `can_still_win` stopped the pass after some batch."""
+        `can_still_win` stopped the pass after some batch. With `kv` (the shared prefix's
+        keys and values) the rows run only their own tokens."""
         examples = prepared.examples
         done: dict[int, Prediction] = {}
         correct = 0
@@ -297,12 +337,14 @@ class Evaluator:
                 stop=self.stop,
                 **common,
             )
-        elif self.scoring == "letters":
-            score_labels(self.model, prepared.prompt_ids, prepared.label_ids, **common)
         else:
-            score_continuations(
-                self.model, prepared.prompt_ids, prepared.continuation_ids, **common
-            )
+            prompts = prepared.row_prompt_ids  # what `kv` does not hold (all when no kv)
+            if self.scoring == "letters":
+                score_labels(self.model, prompts, prepared.label_ids, kv=kv, **common)
+            else:
+                score_continuations(
+                    self.model, prompts, prepared.continuation_ids, kv=kv, **common
+                )
         return [done[i] for i in sorted(done)]
 
     def _judge(self, example: Example, outcome: Any) -> Prediction:

@@ -38,6 +38,7 @@ from torch import nn
 
 from tale_opt.evaluation.batching import length_sorted_batches
 from tale_opt.evaluation.scoring import loglik_sequences
+from tale_opt.evaluation.shared_prefix import forward, prefix_kv
 from tale_opt.model.surgery import decoder_layers, dropped_layers, kept_layers
 from tale_opt.types import DropSet
 
@@ -46,11 +47,12 @@ GIB = 1024**3
 
 
 def forward_sequences(prepared: Any) -> Sequence[Sequence[int]]:
-    """The token sequences a single-forward scoring mode runs, in the scoring pass's order."""
+    """The token sequences a single-forward scoring mode runs, in the scoring pass's order
+    (without the shared prompt prefix, which runs once per candidate)."""
     if prepared.scoring == "letters":
-        return prepared.prompt_ids
+        return prepared.row_prompt_ids
     if prepared.scoring == "loglik":
-        return loglik_sequences(prepared.prompt_ids, prepared.continuation_ids)
+        return loglik_sequences(prepared.row_prompt_ids, prepared.continuation_ids)
     raise ValueError(f"prefix reuse supports {sorted(PREFIX_SCORING)}, not {prepared.scoring!r}")
 
 
@@ -171,6 +173,7 @@ def capture(
     states: dict[int, list[torch.Tensor]] = {j: [] for j in stored}
     checksums: list[float] = []
     with dropped_layers(model, base), torch.inference_mode():
+        kv = prefix_kv(model, prepared.shared_prefix, device) if prepared.shared_len else None
         layers = decoder_layers(model)
 
         def first_hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -186,14 +189,7 @@ def capture(
         handles += [layers[keep.index(j)].register_forward_pre_hook(hook_for(j)) for j in stored]
         try:
             for batch in length_sorted_batches(sequences, batch_size, pad_id):
-                batch = batch.to(device)
-                model(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids,
-                    logits_to_keep=1,
-                    use_cache=False,
-                )
+                forward(model, batch.to(device), logits_to_keep=1, kv=kv)
         finally:
             for handle in handles:
                 handle.remove()
@@ -237,25 +233,26 @@ class _PassThrough(nn.Module):
 
 @contextlib.contextmanager
 def resumed(model: nn.Module, drop: DropSet, cache: PrefixCache | None) -> Iterator[bool]:
-    """`dropped_layers(model, drop)`, resuming each forward from `cache` when it helps.
+    """Inside `dropped_layers(model, drop)`: resume each forward from `cache` when it helps.
 
-    Yields whether the cache is used. Without a usable start point this is exactly
-    `dropped_layers` (the plain path).
+    Yields whether the cache is used. Without a usable start point the model is left as it is
+    (the plain path).
     """
     start = cache.start_layer(drop) if cache is not None and cache.model is model else None
-    with dropped_layers(model, drop):
-        if start is None:
-            yield False
-            return
-        keep = drop.kept(cache.num_layers)
-        skipped = sum(1 for j in keep if j < start)  # >= 1: start is never the first kept layer
-        layers = decoder_layers(model)
-        originals = [layers[i] for i in range(skipped)]
-        layers[0] = _Resume(cache.states[start], cache.checksums)
-        for i in range(1, skipped):
-            layers[i] = _PassThrough()
-        try:
-            yield True
-        finally:
-            for i, layer in enumerate(originals):
-                layers[i] = layer
+    if start is None:
+        yield False
+        return
+    keep = drop.kept(cache.num_layers)
+    skipped = sum(1 for j in keep if j < start)  # >= 1: start is never the first kept layer
+    layers = decoder_layers(model)
+    if len(layers) != len(keep):
+        raise RuntimeError(f"resumed() runs inside dropped_layers(model, {drop})")
+    originals = [layers[i] for i in range(skipped)]
+    layers[0] = _Resume(cache.states[start], cache.checksums)
+    for i in range(1, skipped):
+        layers[i] = _PassThrough()
+    try:
+        yield True
+    finally:
+        for i, layer in enumerate(originals):
+            layers[i] = layer

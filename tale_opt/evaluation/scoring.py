@@ -16,6 +16,7 @@ from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tale_opt.evaluation.batching import length_sorted_batches
+from tale_opt.evaluation.shared_prefix import PrefixKV, forward
 
 Progress = Callable[[int], None]  # called with the number of rows just finished
 # Called after each batch with what the pass returns for the prompts that batch finished
@@ -25,16 +26,9 @@ AfterBatch = Callable[[dict[int, Any]], bool]
 TokenIds = Sequence[int]
 
 
-def _forward_logits(model: nn.Module, batch: Any, keep: int) -> torch.Tensor:
-    """Float32 logits of the last `keep` positions, [B, keep, V]."""
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        logits_to_keep=keep,  # the lm_head over all positions would dominate small models
-        use_cache=False,  # one pass: a KV cache would only cost memory
-    )
-    return out.logits.float()
+def _forward_logits(model: nn.Module, batch: Any, keep: int, kv: PrefixKV | None) -> torch.Tensor:
+    """Float32 logits of the last `keep` positions, [B, keep, V] (after the prefix in `kv`)."""
+    return forward(model, batch, logits_to_keep=keep, kv=kv).logits.float()
 
 
 def score_labels(
@@ -47,15 +41,17 @@ def score_labels(
     device: torch.device,
     progress: Progress,
     after_batch: AfterBatch | None = None,
+    kv: PrefixKV | None = None,
 ) -> list[tuple[float, ...]]:
     """Per prompt, the log-probability of each label at the answer position.
 
     A label's score is the max over its candidate tokens (``"A"`` and ``" A"``), so a model that
-    prefers the spaced form is not penalised.
+    prefers the spaced form is not penalised. With `kv`, `prompts` are what follows the
+    shared prefix whose keys and values it holds.
     """
     scores: list[tuple[float, ...]] = [()] * len(prompts)
     for batch in length_sorted_batches(prompts, batch_size, pad_id):
-        logprobs = torch.log_softmax(_forward_logits(model, batch.to(device), 1)[:, -1], -1)
+        logprobs = torch.log_softmax(_forward_logits(model, batch.to(device), 1, kv)[:, -1], -1)
         for r, row in enumerate(batch.rows):
             scores[row] = tuple(logprobs[r, list(ids)].max().item() for ids in label_ids[row])
         progress(len(batch.rows))
@@ -107,12 +103,14 @@ def score_continuations(
     device: torch.device,
     progress: Progress,
     after_batch: AfterBatch | None = None,
+    kv: PrefixKV | None = None,
 ) -> list[tuple[float, ...]]:
     """Per prompt, the summed log-probability of each continuation (lm-eval `loglikelihood`).
 
     The continuation's tokens follow the prompt's unchanged tokens. When every continuation of a
     prompt is a single token, the prompt alone costs one forward: by causality the logits at its
-    last position are the ones that would score each one-token continuation.
+    last position are the ones that would score each one-token continuation. With `kv`, as in
+    `score_labels`.
     """
     rows, sequences = _loglik_rows(prompts, continuations)
     scores: list[list[float]] = [[0.0] * len(conts) for conts in continuations]
@@ -122,7 +120,7 @@ def score_continuations(
     for batch in length_sorted_batches(sequences, batch_size, pad_id):
         batch_rows = [rows[k] for k in batch.rows]
         keep = 1 + max(0 if j is None else len(continuations[i][j]) for i, j in batch_rows)
-        logits = _forward_logits(model, batch.to(device), keep)
+        logits = _forward_logits(model, batch.to(device), keep, kv)
         log_norm = logits.logsumexp(-1)  # [B, keep]; cheaper than a full log_softmax copy
         targets = batch.input_ids[:, -keep:].to(logits.device)
         for r, (i, j) in enumerate(batch_rows):
