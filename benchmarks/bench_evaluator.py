@@ -2,6 +2,7 @@
 
     python benchmarks/bench_evaluator.py                          # SmolLM2, 100 ARC-Easy prompts
     python benchmarks/bench_evaluator.py --fewshot 5              # the paper's 5-shot prompts
+    python benchmarks/bench_evaluator.py --candidates all --modes ac    # a whole round: (a), (c)
     python benchmarks/bench_evaluator.py --model qwen25-05b --examples 32 --candidates all
     python benchmarks/bench_evaluator.py --model llama31-8b --layers 4 --examples 8
     python benchmarks/bench_evaluator.py --device cuda --model llama31-8b --examples 500
@@ -198,7 +199,7 @@ def measure(split: tuple, drops: list[DropSet], args: Any) -> SimpleNamespace:
     with_capture_timer(shared, out.captures)
     out.reuse = PrefixReuse(shared, shared_split, args.prefix_cache_gb)
     early = None
-    if args.model == "smollm2":
+    if args.model == "smollm2" and "d" in args.modes:
         early = early_terminated(PrefixReuse(shared, shared_split, args.prefix_cache_gb))
     passes = LayerPasses(plain.model)
     tokens = {m: 0 for m in "b+c"}
@@ -208,6 +209,7 @@ def measure(split: tuple, drops: list[DropSet], args: Any) -> SimpleNamespace:
         "+": lambda d: shared.evaluate(shared_split, d),
         "c": lambda d: out.reuse.evaluate(d, base=ROUND_BASE),
     }
+    modes = {mode: run for mode, run in modes.items() if mode in args.modes}
     for k, drop in enumerate(drops):
         if k < len(out.ref_drops):
             seconds, picks = reference_pattern(plain, plain_split, encode, drop, out.ref_n)
@@ -230,14 +232,12 @@ def measure(split: tuple, drops: list[DropSet], args: Any) -> SimpleNamespace:
     whole_round_estimate(out, drops, plain.model.config.num_hidden_layers)
     ref_runs = len(out.ref_drops) * out.ref_n
     per = len(drops) * n
-    out.rows = [
-        ("(a) reference pattern", sum(out.secs["a"]) / ref_runs,
-         f"{len(out.ref_drops)} cand x {out.ref_n} ex"),
-        ("(b) batched, plain", sum(out.secs["b"]) / per, "as listed"),
-        ("(b+) batched + shared prefix", sum(out.secs["+"]) / per, "as listed"),
-        ("(c) engine: (b+) + prefix reuse", sum(out.secs["c"]) / per, "as listed"),
-    ]  # fmt: skip
-    if out.whole_round is not None:
+    names = {"b": "(b) batched, plain", "+": "(b+) batched + shared prefix",
+             "c": "(c) engine: (b+) + prefix reuse"}  # fmt: skip
+    out.rows = [("(a) reference pattern", sum(out.secs["a"]) / ref_runs,
+                 f"{len(out.ref_drops)} cand x {out.ref_n} ex")]  # fmt: skip
+    out.rows += [(names[m], sum(out.secs[m]) / per, "as listed") for m in modes]
+    if out.whole_round is not None and len(drops) < plain.model.config.num_hidden_layers:
         out.rows.append(("(c) whole round, estimated", out.whole_round / n, "model, see below"))
     if early is not None:
         out.rows.append(("(d) engine + early termination", sum(out.secs["d"]) / per,
@@ -247,12 +247,13 @@ def measure(split: tuple, drops: list[DropSet], args: Any) -> SimpleNamespace:
 
 def check_results(out: SimpleNamespace, results: dict[str, list[Any]]) -> None:
     """(c) is bit-identical to (b+); (b+) picks what (b) picks, its scores equal to rounding."""
-    out.max_diff = 0.0
-    for ours, theirs in zip(results["c"], results["+"], strict=True):
+    out.max_diff, out.same_picks = 0.0, None
+    if results["+"] and results["b"]:
+        out.same_picks = True
+    for ours, theirs in zip(results["c"], results["+"], strict=False):
         same = [p.scores for p in ours.predictions] == [p.scores for p in theirs.predictions]
         assert same and ours.accuracy == theirs.accuracy, "prefix reuse changed a result"
-    out.same_picks = True
-    for ours, theirs in zip(results["+"], results["b"], strict=True):
+    for ours, theirs in zip(results["+"], results["b"], strict=False):
         for p, q in zip(ours.predictions, theirs.predictions, strict=True):
             out.same_picks &= p.prediction == q.prediction
             out.max_diff = max(
@@ -260,7 +261,7 @@ def check_results(out: SimpleNamespace, results: dict[str, list[Any]]) -> None:
             )
     out.agree = statistics.mean(
         pick == p.prediction
-        for picks, res in zip(out.ref_picks, results["b"], strict=False)
+        for picks, res in zip(out.ref_picks, results["b"] or results["c"], strict=False)
         for pick, p in zip(picks, res.predictions, strict=False)
     )
 
@@ -275,19 +276,21 @@ def report(out: SimpleNamespace, floor: float, gflop: float, ref_gflop: float,
     for name, seconds, on in out.rows:
         print(f"{name:34s} {seconds * 1e3:12.2f} {ref / seconds:7.1f}x "
               f"{seconds / floor:8.2f}x  {on}")  # fmt: skip
-    print(
-        f"\n(a) picks the same label as (b) on {out.agree:.0%} of the examples it ran; "
-        f"(b+) picks {'the same' if out.same_picks else 'NOT the same'} labels as (b) "
-        f"(max |score difference| {out.max_diff:.1e}); (c) is bit-identical to (b+) (checked)"
-    )
+    versus = "(b)" if out.tokens["b"] else "(c)"
+    print(f"\n(a) picks the same label as {versus} on {out.agree:.0%} of the examples it ran")
+    if out.same_picks is not None:
+        print(f"(b+) picks {'the same' if out.same_picks else 'NOT the same'} labels as (b) "
+              f"(max |score difference| {out.max_diff:.1e}); (c) is bit-identical to (b+) "
+              "(checked)")  # fmt: skip
     cache = out.reuse.cache
     held = f"{cache.nbytes / 2**30:.3f} GiB, stride {cache.stride}" if cache else "none"
     print(f"(c) {len(out.captures)} base capture(s), {sum(out.captures):.2f} s (included in (c)); "
           f"cache {held}")  # fmt: skip
     b, shared, engine = out.tokens["b"], out.tokens["+"], out.tokens["c"]
-    print(f"token x layer passes on these {n_drops} candidates (data-independent): shared "
-          f"prefix {shared / b:.3f} of (b); prefix reuse {engine / shared:.3f} of (b+); "
-          f"both {engine / b:.3f}")  # fmt: skip
+    if b and shared:
+        print(f"token x layer passes on these {n_drops} candidates (data-independent): shared "
+              f"prefix {shared / b:.3f} of (b); prefix reuse {engine / shared:.3f} of (b+); "
+              f"both {engine / b:.3f}")  # fmt: skip
     if out.whole_round is not None:
         a, slope = out.fit
         plain_round = num_layers * (num_layers - 1)
@@ -322,7 +325,11 @@ def main() -> None:
     parser.add_argument("--ref-candidates", type=int, default=2)
     parser.add_argument("--prefix-cache-gb", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--modes", default="ab+cd",
+                        help="modes to run besides (a) and (c), e.g. 'ac' with --candidates all "
+                        "to measure a whole round of the engine")  # fmt: skip
     args = parser.parse_args()
+    args.modes += "ac"
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
