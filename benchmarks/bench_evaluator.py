@@ -43,7 +43,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from bench_setup import SHAPES, matmul_rate, random_model, random_split, smollm2_split, sync
+from bench_setup import add_model_arguments, load, matmul_rate, sync
 
 from tale_opt.cost.flops import count_flops
 from tale_opt.evaluation.evaluator import Evaluator, PreparedSplit
@@ -308,41 +308,25 @@ def report(out: SimpleNamespace, floor: float, gflop: float, ref_gflop: float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--model", choices=("smollm2", *SHAPES), default="smollm2")
-    parser.add_argument("--layers", type=int, default=None, help="keep the first N layers")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                        help="default: float32 on CPU, bfloat16 on CUDA")  # fmt: skip
+    add_model_arguments(parser)
     parser.add_argument("--examples", type=int, default=100)
-    parser.add_argument("--fewshot", type=int, default=0, help="SmolLM2: demonstrations")
-    parser.add_argument("--prompt-len", type=lambda s: tuple(int(x) for x in s.split("-")),
-                        default=(120, 220), help="random prompts only, e.g. 120-220")  # fmt: skip
     parser.add_argument("--candidates", default="6", help="K (evenly spread), 'all', or a,b,c")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="default: 8 on CPU (the eval default), 64 on CUDA")  # fmt: skip
     parser.add_argument("--ref-examples", type=int, default=12,
                         help="examples the slow reference pattern runs per candidate")  # fmt: skip
     parser.add_argument("--ref-candidates", type=int, default=2)
     parser.add_argument("--prefix-cache-gb", type=float, default=4.0)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--modes", default="ab+cd",
                         help="modes to run besides (a) and (c), e.g. 'ac' with --candidates all "
                         "to measure a whole round of the engine")  # fmt: skip
     args = parser.parse_args()
     args.modes += "ac"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype_name = args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
-    args.batch_size = args.batch_size or (8 if device.type == "cpu" else 64)
     load_before = os.getloadavg()[0]
+    split, dtype_name = load(args)
+    device = split[0].device
     if args.model == "smollm2":
-        split = smollm2_split(args, dtype_name)
         shapes = (f"real SmolLM2-135M-Instruct weights, ARC-Easy prompts (chat template, "
                   f"{args.fewshot}-shot)")  # fmt: skip
     else:
-        model = random_model(args.model, args.layers, getattr(torch, dtype_name), device)
-        split = random_split(model, args)
         shapes = f"random-init, real {args.model} per-layer shapes, random token prompts"
     plain, _, prepared, shared_split, _ = split
     config = plain.model.config

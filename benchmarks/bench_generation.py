@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 import torch
-from bench_setup import SHAPES, random_model, random_split, smollm2_split, sync
+from bench_setup import add_model_arguments, load, sync
 
 from tale_opt.evaluation.scoring import generate_texts
 
@@ -49,30 +49,14 @@ class TokenTokenizer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--model", choices=("smollm2", *SHAPES), default="smollm2")
-    parser.add_argument("--layers", type=int, default=None, help="keep the first N layers")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+    add_model_arguments(parser)
     parser.add_argument("--examples", type=int, default=32)
-    parser.add_argument("--fewshot", type=int, default=0, help="SmolLM2: demonstrations")
-    parser.add_argument("--prompt-len", type=lambda s: tuple(int(x) for x in s.split("-")),
-                        default=(120, 220), help="random prompts only")  # fmt: skip
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 8 CPU, 64 CUDA")
     parser.add_argument("--ref-examples", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
-    args.batch_size = args.batch_size or (8 if device.type == "cpu" else 64)
     load_before = os.getloadavg()[0]
-    if args.model == "smollm2":
-        plain, _, prepared, _, _ = smollm2_split(args, dtype)
-    else:
-        model = random_model(args.model, args.layers, getattr(torch, dtype), device)
-        plain, _, prepared, _, _ = random_split(model, args)
+    (plain, _, prepared, _, _), dtype = load(args)
+    device = plain.device
     model, prompts = plain.model, [list(p) for p in prepared.prompt_ids]
     model.generation_config.eos_token_id = None  # decode exactly --new-tokens tokens
     lengths = [len(p) for p in prompts]

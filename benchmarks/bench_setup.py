@@ -155,3 +155,32 @@ def smollm2_split(args: Any, dtype: str) -> Split:
     # The reference renders and tokenizes the prompt again for every candidate.
     return (plain, shared, plain.prepare(examples), shared.prepare(examples),
             lambda i: encoder.encode(task.messages(examples[i])))  # fmt: skip
+
+
+def add_model_arguments(parser: Any) -> None:
+    """The options every benchmark shares: device, model, its size and dtype, prompts, batch."""
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--model", choices=("smollm2", *SHAPES), default="smollm2")
+    parser.add_argument("--layers", type=int, default=None, help="keep the first N layers")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="default: float32 on CPU, bfloat16 on CUDA")  # fmt: skip
+    parser.add_argument("--fewshot", type=int, default=0, help="SmolLM2: demonstrations")
+    parser.add_argument("--prompt-len", type=lambda s: tuple(int(x) for x in s.split("-")),
+                        default=(120, 220), help="random prompts only, e.g. 120-220")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default: 8 on CPU (the eval default), 64 on CUDA")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None)
+
+
+def load(args: Any) -> tuple[Split, str]:
+    """Apply `--threads` and the batch default, build the model and prompts `args` name:
+    (the split of `random_split` / `smollm2_split`, the dtype's name)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
+    args.batch_size = args.batch_size or (8 if device.type == "cpu" else 64)
+    if args.model == "smollm2":
+        return smollm2_split(args, dtype), dtype
+    model = random_model(args.model, args.layers, getattr(torch, dtype), device)
+    return random_split(model, args), dtype
