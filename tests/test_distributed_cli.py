@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.test_cli import ROOT, assert_usage_error, run_cli
+from tests.test_cli import MLFLOW_URI, ROOT, assert_usage_error, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -196,7 +196,9 @@ def test_sigkill_of_the_coordinator_then_the_same_command_finishes_the_same_sear
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     storage, run_dir = tmp_path / "k.db", tmp_path / "killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # The test's MLflow store, not the default `mlflow.db` in the launch directory (the repo).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "MLFLOW_TRACKING_URI": MLFLOW_URI}  # fmt: skip
     victim = subprocess.Popen(
         [sys.executable, "-m", "tale_opt", *search_args(tiny_model_dir, storage, run_dir, *slow)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
