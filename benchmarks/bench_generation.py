@@ -6,8 +6,10 @@
 
   (a) the reference pattern (the authors' tool): one example at a time, no KV cache: every new
       token runs the whole sequence again, with the logits of every position;
-  (b) ours (`tale_opt.evaluation.scoring.generate_texts`, what `scoring=generate` runs):
-      length-sorted left-padded batches, HF `generate` with a KV cache, one position per step.
+  (b) ours (`tale_opt.evaluation.scoring.generate_texts`, the decoding of `scoring=generate`):
+      length-sorted left-padded batches, HF `generate` with a KV cache, one position per step;
+      without the shared prompt prefix (`eval.shared_prefix`), which prompts with long shared
+      demonstrations add on top.
 
 Both decode exactly `--new-tokens` tokens (EOS and stop strings are switched off), so the
 figures compare the same work; the tokens of (a) and (b) are compared as a check (they can

@@ -154,11 +154,21 @@ def test_few_shot_demonstrations_are_shared(tokenizer: Any, task: Any) -> None:
     )
 
 
-def test_generate_mode_keeps_the_plain_path(tokenizer: Any, task: Any) -> None:
-    model = make_tiny_model("llama", vocab_size=len(tokenizer), num_hidden_layers=NUM_LAYERS)
-    evaluator = Evaluator(model, tokenizer, task, scoring="generate", max_new_tokens=2)
-    assert not evaluator.shared_prefix
-    assert evaluator.prepare(task.examples).shared_len == 0
+@pytest.mark.parametrize("family", SUPPORTED)
+def test_generation_from_the_shared_prefix_matches_the_plain_path(family, tokenizer, task):
+    model = make_tiny_model(family, vocab_size=len(tokenizer), num_hidden_layers=NUM_LAYERS)
+    options = {"scoring": "generate", "max_new_tokens": 5, "batch_size": BATCH}
+    shared = Evaluator(model, tokenizer, task, **options)
+    plain = Evaluator(model, tokenizer, task, shared_prefix=False, **options)
+    prepared, plain_prepared = shared.prepare(task.examples), plain.prepare(task.examples)
+    assert prepared.shared_len >= 10 and plain_prepared.shared_len == 0
+    for drop in (DropSet(), DropSet((2,)), DropSet((1, 4))):
+        ours = shared.evaluate(prepared, drop)
+        theirs = plain.evaluate(plain_prepared, drop)
+        texts = [p.text for p in theirs.predictions]
+        assert len(set(texts)) > 1 and all(texts)  # real, differing continuations
+        assert [p.text for p in ours.predictions] == texts
+        assert ours.accuracy == theirs.accuracy
 
 
 def test_the_option_must_be_a_bool() -> None:

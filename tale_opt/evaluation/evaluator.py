@@ -109,10 +109,10 @@ class Evaluator:
         device: Where input tensors go; defaults to the device of the model's first parameter.
         stop_strings: Strings that end a generated reply; None = the task's ``stop_strings``
             (and its ``stop_patterns``, regexes kept up to the end of the match).
-        shared_prefix: In ``letters`` and ``loglik`` mode, run the tokens every prompt starts
-            with once per candidate and attend to them from a KV cache (scores equal to
-            rounding; see `tale_opt.evaluation.shared_prefix`). Models with sliding-window or
-            hybrid caches always run the plain path.
+        shared_prefix: Run the tokens every prompt starts with once per candidate and attend
+            to them from a KV cache (scores equal to rounding; see
+            `tale_opt.evaluation.shared_prefix`). Models with sliding-window or hybrid caches
+            always run the plain path.
 
     Raises:
         UsageError: An unknown scoring mode, or a batch size / token budget below 1.
@@ -157,9 +157,7 @@ class Evaluator:
         if stop_strings is None:
             stop_strings = getattr(task, "stop_strings", ())
         self.stop = StopCondition(stop_strings, getattr(task, "stop_patterns", ()))
-        self.shared_prefix = (
-            bool(shared_prefix) and scoring in PREFIX_SCORING and supports_shared_prefix(model)
-        )
+        self.shared_prefix = bool(shared_prefix) and supports_shared_prefix(model)
 
     # -- tokenization, once per run -------------------------------------------------------
     def prepare(self, examples: Sequence[Example]) -> PreparedSplit:
@@ -327,24 +325,22 @@ class Evaluator:
             "progress": advance,
             "after_batch": after_batch,
         }
+        prompts = prepared.row_prompt_ids  # what `kv` does not hold (all when no kv)
         if self.scoring == "generate":
             generate_texts(
                 self.model,
                 self.tokenizer,
-                prepared.prompt_ids,
+                prompts,
                 max_new_tokens=self.max_new_tokens,
                 eos_ids=self.eos_ids,
                 stop=self.stop,
+                kv=kv,
                 **common,
             )
+        elif self.scoring == "letters":
+            score_labels(self.model, prompts, prepared.label_ids, kv=kv, **common)
         else:
-            prompts = prepared.row_prompt_ids  # what `kv` does not hold (all when no kv)
-            if self.scoring == "letters":
-                score_labels(self.model, prompts, prepared.label_ids, kv=kv, **common)
-            else:
-                score_continuations(
-                    self.model, prompts, prepared.continuation_ids, kv=kv, **common
-                )
+            score_continuations(self.model, prompts, prepared.continuation_ids, kv=kv, **common)
         return [done[i] for i in sorted(done)]
 
     def _judge(self, example: Example, outcome: Any) -> Prediction:

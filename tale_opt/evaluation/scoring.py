@@ -202,23 +202,33 @@ def generate_texts(
     progress: Progress,
     stop: StopCondition | None = None,
     after_batch: AfterBatch | None = None,
+    kv: PrefixKV | None = None,
 ) -> list[str]:
     """Per prompt, the greedy continuation decoded to text (new tokens only, up to EOS or the
     first stop of `stop`).
 
     `generate` derives position ids from the attention mask itself, and uses a KV cache, so
     each new token costs one single-position forward. A batch ends early once every row has
-    hit EOS or a stop.
+    hit EOS or a stop. With `kv`, `prompts` are what follows the shared prefix it holds: the
+    batch is ``[prefix | padding | row]`` and prefill runs only the rows' tokens.
     """
     stop = stop or StopCondition()
     texts: list[str] = [""] * len(prompts)
     for batch in length_sorted_batches(prompts, batch_size, pad_id):
         batch = batch.to(device)
-        width = batch.input_ids.shape[1]
+        input_ids, attention_mask, cache = batch.input_ids, batch.attention_mask, None
+        if kv is not None:
+            rows = input_ids.shape[0]
+            input_ids = torch.cat([kv.ids.expand(rows, -1), input_ids], dim=1)
+            attention_mask = torch.cat([attention_mask.new_ones((rows, kv.length)),
+                                        attention_mask], dim=1)  # fmt: skip
+            cache = kv.for_batch(rows)
+        width = input_ids.shape[1]
         criteria = StoppingCriteriaList([_StopCriteria(tokenizer, stop, width)] if stop else [])
         out = model.generate(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            past_key_values=cache,
             do_sample=False,
             # Neutralise sampling knobs from the model's generation_config (they only warn).
             temperature=None,

@@ -7,10 +7,15 @@ depend on anything after them, so a candidate runs them once, at batch size 1, a
 then runs only its rows' own tokens, attending to the prefix through a KV cache. Zero-shot
 ARC-Easy on SmolLM2 shares 27 of ~85 tokens; 5-shot, most of the prompt.
 
+`generate` uses it too: the prefix's cache, broadcast to the batch, is handed to HF `generate`
+with the full ``[prefix | padding | row]`` ids, so prefill runs only the rows' own tokens and
+decoding reads the prefix from the cache (HF's documented way to reuse a prompt's cache).
+
 What changes is only the order of floating-point operations (the prefix is computed on its own,
 attention reads it from the cache): the same tokens at the same positions through the same
 layers. Scores agree with the plain path to rounding, not bit for bit
-(`tests/test_shared_prefix.py`), which is why `eval.shared_prefix` is in the study fingerprint.
+(`tests/test_shared_prefix.py`); a generated text can differ where two tokens are within
+rounding of each other. That is why `eval.shared_prefix` is in the study fingerprint.
 
 Layout of a batch: ``[prefix | left padding | row tokens]``; the attention mask is one on the
 prefix and the row's tokens, the row's positions continue after the prefix. Only models whose
@@ -73,10 +78,14 @@ class PrefixKV:
     tensors, so the prefix itself is never written).
     """
 
-    length: int
+    ids: torch.Tensor  # [1, P] the prefix tokens (generation passes them to `generate`)
     cache: DynamicCache
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.ids.shape[1]
 
     def for_batch(self, rows: int) -> DynamicCache:
         for layer, k, v in zip(self.cache.layers, self.keys, self.values, strict=True):
@@ -100,7 +109,7 @@ def prefix_kv(model: nn.Module, tokens: Sequence[int], device: torch.device) -> 
         )
     keys = [layer.keys for layer in cache.layers]
     values = [layer.values for layer in cache.layers]
-    return PrefixKV(len(tokens), cache, keys, values)
+    return PrefixKV(ids, cache, keys, values)
 
 
 def forward(model: nn.Module, batch: Any, *, logits_to_keep: int, kv: PrefixKV | None) -> Any:
