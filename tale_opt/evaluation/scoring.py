@@ -220,8 +220,7 @@ def generate_texts(
         if kv is not None:
             rows = input_ids.shape[0]
             input_ids = torch.cat([kv.ids.expand(rows, -1), input_ids], dim=1)
-            attention_mask = torch.cat([attention_mask.new_ones((rows, kv.length)),
-                                        attention_mask], dim=1)  # fmt: skip
+            attention_mask = kv.attention_mask(attention_mask)
             cache = kv.for_batch(rows)
         width = input_ids.shape[1]
         criteria = StoppingCriteriaList([_StopCriteria(tokenizer, stop, width)] if stop else [])

@@ -87,6 +87,11 @@ class PrefixKV:
     def length(self) -> int:
         return self.ids.shape[1]
 
+    def attention_mask(self, rows_mask: torch.Tensor) -> torch.Tensor:
+        """The rows' padding mask with the prefix in front (ones: every row sees it)."""
+        prefix = rows_mask.new_ones((rows_mask.shape[0], self.length))
+        return torch.cat([prefix, rows_mask], dim=1)
+
     def for_batch(self, rows: int) -> DynamicCache:
         for layer, k, v in zip(self.cache.layers, self.keys, self.values, strict=True):
             layer.keys = k.expand(rows, -1, -1, -1)
@@ -122,13 +127,11 @@ def forward(model: nn.Module, batch: Any, *, logits_to_keep: int, kv: PrefixKV |
             logits_to_keep=logits_to_keep,  # the lm_head over all positions would dominate
             use_cache=False,  # one pass: a KV cache would only cost memory
         )
-    rows = batch.input_ids.shape[0]
-    prefix_mask = batch.attention_mask.new_ones((rows, kv.length))
     return model(
         input_ids=batch.input_ids,
-        attention_mask=torch.cat([prefix_mask, batch.attention_mask], dim=1),
+        attention_mask=kv.attention_mask(batch.attention_mask),
         position_ids=batch.position_ids + kv.length,
-        past_key_values=kv.for_batch(rows),
+        past_key_values=kv.for_batch(batch.input_ids.shape[0]),
         use_cache=True,
         logits_to_keep=logits_to_keep,
     )
