@@ -21,7 +21,7 @@ from torch import nn  # noqa: E402
 
 from tale_opt.errors import UsageError  # noqa: E402
 from tale_opt.evaluation.batching import left_pad  # noqa: E402
-from tale_opt.evaluation.evaluator import Evaluator  # noqa: E402
+from tale_opt.evaluation.evaluator import Evaluator, normalized_choice  # noqa: E402
 from tale_opt.evaluation.prompts import PromptEncoder  # noqa: E402
 from tale_opt.model.surgery import num_decoder_layers  # noqa: E402
 from tale_opt.tasks.base import Example, Message  # noqa: E402
@@ -347,6 +347,29 @@ def test_loglik_equals_a_hand_computed_logprob_sum(model, tokenizer, task) -> No
             )
         assert result.predictions[i].scores == pytest.approx(expected, abs=1e-4)
     assert result.accuracy_norm is not None and "accuracy_norm" in result.metrics()
+
+
+def test_acc_norm_divides_by_the_choice_text_without_the_separator() -> None:
+    # lm-evaluation-harness's acc_norm: log-likelihood / len(choice text). Scoring the " "
+    # separator too (len + 1) flips this pick: -3/3 = -1.0 beats -7.5/7 = -1.07, while
+    # -3/2 = -1.5 loses to -7.5/6 = -1.25.
+    scores, texts = (-3.0, -7.5), ("ab", "abcdef")
+    assert normalized_choice(scores, texts) == 1
+    assert normalized_choice(scores, tuple(" " + t for t in texts)) == 0
+    # Characters, not UTF-8 bytes: "été" is 3 characters (-1.0 each, below -3.2/4 = -0.8);
+    # counted as its 5 bytes it would win with -0.6, as a 5-character text does.
+    assert normalized_choice((-3.0, -3.2), ("été", "abcd")) == 1
+    assert normalized_choice((-3.0, -3.2), ("abcde", "abcd")) == 0
+
+
+def test_loglik_accuracy_norm_uses_choice_lengths(model, tokenizer, task) -> None:
+    evaluator = Evaluator(model, tokenizer, task, scoring="loglik", batch_size=5)
+    result = evaluator.evaluate(evaluator.prepare(task.examples))
+    n_norm = 0
+    for ex, pred in zip(task.examples, result.predictions, strict=True):
+        per_char = [s / len(c) for s, c in zip(pred.scores, ex.choices, strict=True)]
+        n_norm += per_char.index(max(per_char)) == ex.answer_index
+    assert result.accuracy_norm == n_norm / len(task.examples)
 
 
 def test_generate_decodes_new_tokens_and_counts_unparseable_as_invalid(tokenizer, task) -> None:

@@ -13,7 +13,8 @@ Scoring modes:
 * ``letters``: argmax over the answer-label tokens at the answer position (one forward, logits
   of the last position only). Never invalid.
 * ``loglik``: lm-eval-style summed log-likelihood of each choice's continuation; also reports
-  ``accuracy_norm`` (log-likelihood divided by the continuation's length in characters).
+  ``accuracy_norm`` (log-likelihood divided by the choice text's length in characters, without
+  the separator: lm-evaluation-harness's ``acc_norm``).
 """
 
 from __future__ import annotations
@@ -372,11 +373,12 @@ class Evaluator:
             )
         accuracy_norm = None
         if self.scoring == "loglik":
-            n_norm = 0
-            for ex, pred in zip(prepared.examples, predictions, strict=True):
-                lengths = [max(len(c), 1) for c in self.task.continuations(ex)]
-                normed = [s / length for s, length in zip(pred.scores, lengths, strict=True)]
-                n_norm += _is_correct(self.task, _argmax(normed), ex)
+            n_norm = sum(
+                _is_correct(
+                    self.task, normalized_choice(pred.scores, choice_texts(self.task, ex)), ex
+                )
+                for ex, pred in zip(prepared.examples, predictions, strict=True)
+            )
             accuracy_norm = n_norm / n
         return EvalResult(
             scoring=self.scoring,
@@ -389,6 +391,27 @@ class Evaluator:
             seconds=seconds,
             accuracy_norm=accuracy_norm,
         )
+
+
+def choice_texts(task: Task, example: Example) -> tuple[str, ...]:
+    """What `accuracy_norm` measures the length of: each choice's own text, without the
+    separator that joins it to the prompt (a multiple-choice example's `choices`), else the
+    scored continuation itself."""
+    continuations = tuple(task.continuations(example))
+    if len(example.choices) == len(continuations):
+        return tuple(example.choices)
+    return continuations
+
+
+def normalized_choice(scores: Sequence[float], texts: Sequence[str]) -> int:
+    """The choice with the highest log-likelihood per character of its text.
+
+    lm-evaluation-harness's ``acc_norm``: the summed log-likelihood divided by the length of
+    the choice text in characters (Unicode code points, not UTF-8 bytes), without the
+    separator (``" "``) that precedes it in the scored continuation. First maximum on ties.
+    """
+    normed = [s / max(len(t), 1) for s, t in zip(scores, texts, strict=True)]
+    return _argmax(normed)
 
 
 def _is_correct(task: Task, prediction: Any | None, example: Example) -> bool:
