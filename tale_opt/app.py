@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ from tale_opt.search_setup import (
     study_config,
 )
 from tale_opt.search_tracking import SearchTracking
+from tale_opt.significance import chance_level, noise_warnings, round_sentence, round_tests
+from tale_opt.stats import accuracy_interval, format_accuracy
 from tale_opt.types import TASK_ACCURACY, Observation, SearchResult
 
 log = logging.getLogger("tale_opt")
@@ -251,6 +253,14 @@ def _search(
         )
         local.start()
     searcher = plan.searcher
+    chance = chance_level(plan.task, plan.splits.optimization)
+    reported = [1]  # accepted configurations whose test is logged (the baseline needs none)
+
+    def report_accepted(trajectory: Sequence[Observation]) -> None:
+        # Each newly accepted round against the baseline, on the examples both were scored on.
+        for test in round_tests(trajectory)[reported[0] - 1 :]:
+            log.info("optimization split, %s", round_sentence(test))
+        reported[0] = max(reported[0], len(trajectory))
 
     def record(obs: Observation, trial: Any) -> None:
         log.info(
@@ -265,11 +275,14 @@ def _search(
             )  # fmt: skip
         writer.record_candidate(obs, round_no=len(obs.drop))
         tracking.log_configuration(obs)
-        if not obs.drop and obs.candidate.probe == TASK_ACCURACY:
+        if not obs.drop and obs.candidate.probe == TASK_ACCURACY and obs.complete:
             writer.write_predictions("optimization_baseline", obs.extras.get("predictions", []))
+            _log_baseline(obs.metrics, chance, plan.cfg["eval"].get("scoring"))
         state = getattr(searcher, "state", None)
         if state is not None:
             writer.write_accepted(state.trajectory, getattr(searcher, "threshold", None))
+            if state.trajectory and state.trajectory[0].candidate.probe == TASK_ACCURACY:
+                report_accepted(tuple(state.trajectory))
 
     try:
         result = run_coordinator(
@@ -291,6 +304,18 @@ def _search(
         local.stop()
     writer.write_accepted(result.trajectory, result.threshold)
     return result
+
+
+def _log_baseline(metrics: Mapping[str, Any], chance: float | None, scoring: Any) -> None:
+    """The baseline with its interval and chance level, as soon as it is known: a search on a
+    model that only guesses is better stopped now than read later."""
+    level = "-" if chance is None else f"{100 * chance:.1f}%"
+    log.info(
+        "baseline: %s on the optimization split (95%% interval), chance level %s",
+        format_accuracy(metrics.get("accuracy"), accuracy_interval(metrics), "%"), level,
+    )  # fmt: skip
+    for warning in noise_warnings([("optimization", metrics, chance)], scoring):
+        log.warning("%s", warning)
 
 
 def _load_evaluator(plan: SearchPlan) -> Any:

@@ -21,8 +21,8 @@ from typing import Any
 from tale_opt.types import Observation
 
 CANDIDATE_FIELDS = (
-    "round", "drop_key", "n_dropped", "probe", "status", "score", "accuracy", "invalid_rate",
-    "n_examples", "n_correct", "seconds",
+    "round", "drop_key", "n_dropped", "probe", "status", "score", "accuracy", "accuracy_ci_low",
+    "accuracy_ci_high", "invalid_rate", "n_examples", "n_correct", "seconds",
 )  # fmt: skip
 
 
@@ -70,11 +70,15 @@ class RunWriter:
         # A resumed search replays every candidate it finds in the storage; rows already in
         # this directory's file (the same command run again) are not written twice.
         self._recorded: set[str] = set()
+        fields = CANDIDATE_FIELDS
         if not new:
             with self._csv_path.open(newline="") as handle:
-                self._recorded = {_row_key(row) for row in csv.DictReader(handle)}
+                reader = csv.DictReader(handle)
+                self._recorded = {_row_key(row) for row in reader}
+                # A file begun by an older version keeps its own columns.
+                fields = tuple(reader.fieldnames or CANDIDATE_FIELDS)
         self._csv = self._csv_path.open("a", newline="")
-        self._rows = csv.DictWriter(self._csv, fieldnames=CANDIDATE_FIELDS, extrasaction="ignore")
+        self._rows = csv.DictWriter(self._csv, fieldnames=fields, extrasaction="ignore")
         if new:
             self._rows.writeheader()
             self._flush()

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tale_opt.significance import round_sentence
+from tale_opt.stats import accuracy_interval, format_accuracy, format_p
+
 ROWS = (
     ("Baseline", "baseline"),
     ("Best", "best"),
@@ -18,6 +21,25 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _with_interval(metrics: Mapping[str, Any], value: float | None) -> str:
+    """``22.5 [17.3, 28.8]`` (percent, 95% interval) where the counts are known."""
+    return format_accuracy(value, accuracy_interval(metrics) if value is not None else None)
+
+
+def _versus(heldout: Mapping[str, Any]) -> tuple[str, str]:
+    """The paired test's cells: ``+12/−5, p = 0.14`` and the verdict."""
+    vs = heldout.get("vs_baseline")
+    if not vs:
+        return "—", "—"
+    cell = f"+{vs['only_pick']}/−{vs['only_baseline']}, p = {format_p(vs['p_value'])}"
+    return cell, str(vs["verdict"])
+
+
+def _answers(heldout: Mapping[str, Any]) -> str:
+    top, share = heldout.get("top_answer"), heldout.get("top_answer_share")
+    return "-" if top is None or share is None else f"{top} {100 * share:.0f}%"
+
+
 def _speedup(cfg: Mapping[str, Any]) -> str:
     measured = cfg.get("speedup_measured")
     if measured is not None:
@@ -25,37 +47,48 @@ def _speedup(cfg: Mapping[str, Any]) -> str:
     return f"~{cfg['speedup_estimate']:.2f}× (est.)"
 
 
-def format_summary_table(summary: Mapping[str, Any]) -> str:
-    """A markdown table: one row per reported configuration, held-out columns last.
+def _chance(summary: Mapping[str, Any], split: str) -> str:
+    chance = (summary.get("chance_accuracy") or {}).get(split)
+    return "-" if chance is None else f"{100 * chance:.1f}%"
 
+
+def format_summary_table(summary: Mapping[str, Any]) -> str:
+    """A markdown table: one row per reported configuration, held-out columns last, then the
+    paired tests of the accepted rounds and any warning.
+
+    Accuracies are percentages with their 95% Wilson interval. "vs Baseline" counts the
+    held-out examples only the pick gets right (+) and only the Baseline gets right (−), with
+    the exact McNemar p-value and its verdict at α = 0.05. "top answer" is the most frequent
+    held-out answer and its share: near 100% the model answers one label whatever it is asked.
     Speed-up is measured end-to-end generate time where latency was measured, else the
     layer-count estimate L / (L - k), marked "est.".
     A perplexity-probe searcher (SLEB) ranks by perplexity on its probe text: its optimization
     column shows that perplexity; held-out columns are task accuracy for every searcher.
     """
     probe = summary.get("score_probe", "task_accuracy")
-    if probe == "task_accuracy":
-        opt_head, threshold = "opt acc %", f"{_pct(summary['threshold'])}%"
+    accuracy = probe == "task_accuracy"
+    opt_head = "opt acc % [95% CI]" if accuracy else f"opt {probe}"
+    threshold = f"{_pct(summary['threshold'])}%" if accuracy else "-"
 
-        def opt(score: float | None) -> str:
-            return _pct(score)
-    else:
-        opt_head, threshold = f"opt {probe}", "-"
-
-        def opt(score: float | None) -> str:
+    def opt(cfg: Mapping[str, Any], unit: str = "") -> str:
+        score = cfg.get("score")
+        if not accuracy:
             return "-" if score is None else f"{-score:.2f}"
+        return format_accuracy(score, accuracy_interval(cfg) if score is not None else None, unit)
 
+    baseline = summary.get("baseline") or {}
+    opt_baseline = opt({**baseline, "score": summary["baseline_accuracy"]}, "%")
     head = (
         f"{summary.get('searcher', 'tale')} search — model {summary['model']} · task "
         f"{summary['task']} · scoring {summary['scoring']} · seed {summary['seed']}\n"
-        f"baseline {opt(summary['baseline_accuracy'])}{'%' if opt_head.endswith('%') else ''} "
-        f"on {summary['n_opt']} optimization examples · threshold {threshold} · "
+        f"baseline {opt_baseline} on {summary['n_opt']} optimization "
+        f"examples · chance {_chance(summary, 'optimization')} · threshold {threshold} · "
         f"stop: {summary['stop_reason']}\n"
     )
     lines = [
-        f"| config | layers dropped (0-based) | layers | {opt_head} | held-out acc % "
-        "| held-out invalid % | speed-up |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        f"| config | layers dropped (0-based) | layers | {opt_head} | held-out acc % [95% CI] "
+        "| vs Baseline (held-out) | verdict | invalid % | top answer | speed-up |",
+        "|---|---|---:|---:|---:|---:|---|---:|---|---:|",
     ]
     for label, key in ROWS:
         cfg = summary.get(key)
@@ -63,10 +96,24 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
             continue
         heldout = cfg.get("heldout", {})
         dropped = ",".join(str(i) for i in cfg["drop_layers"]) or "—"
+        versus, verdict = _versus(heldout)
         lines.append(
-            f"| {label} | {dropped} | {cfg['n_layers']} | {opt(cfg['score'])} "
-            f"| {_pct(heldout.get('accuracy'))} | {_pct(heldout.get('invalid_rate'))} "
-            f"| {_speedup(cfg)} |"
+            f"| {label} | {dropped} | {cfg['n_layers']} | {opt(cfg)} "
+            f"| {_with_interval(heldout, heldout.get('accuracy'))} | {versus} | {verdict} "
+            f"| {_pct(heldout.get('invalid_rate'))} | {_answers(heldout)} | {_speedup(cfg)} |"
         )
-    foot = f"\nheld-out split: {summary['n_eval']} examples, never seen by the search"
-    return head + "\n".join(lines) + foot
+    rounds = summary.get("rounds_vs_baseline") or []
+    alpha = summary.get("alpha", 0.05)
+    foot = []
+    if rounds:
+        foot.append(
+            f"optimization split, accepted rounds vs Baseline (exact McNemar, α = {alpha}):"
+        )
+        foot += [f"  {round_sentence(test)}" for test in rounds]
+    foot.append(
+        f"held-out split: {summary['n_eval']} examples, never seen by the search · chance "
+        f"{_chance(summary, 'heldout')} · 95% Wilson intervals · vs Baseline: examples only "
+        f"the pick / only Baseline gets right, exact McNemar test, α = {alpha}"
+    )
+    foot += [f"WARNING: {w}" for w in summary.get("warnings") or []]
+    return head + "\n".join(lines) + "\n" + "\n".join(foot)

@@ -14,7 +14,9 @@ from typing import Any
 from searchers.selection import layer_count_speedup, pick_ae_hm
 from tale_opt.outputs import RunWriter, observation_record
 from tale_opt.search_setup import prediction_rows
-from tale_opt.types import DropSet, Observation, SearchResult
+from tale_opt.significance import chance_level, heldout_record, noise_warnings, round_tests
+from tale_opt.stats import ALPHA, CONFIDENCE
+from tale_opt.types import TASK_ACCURACY, DropSet, Observation, SearchResult
 
 log = logging.getLogger("tale_opt")
 
@@ -44,15 +46,25 @@ def accepted_costs(
 def evaluate_heldout(
     evaluator: Any, prepared: Any, picks: dict[str, Observation], writer: RunWriter
 ) -> dict[str, Any]:
-    """Evaluate each picked configuration once on the held-out split (touched only now)."""
+    """Evaluate each picked configuration once on the held-out split (touched only now).
+
+    Each pick's entry holds its metrics (accuracy with a 95% interval), its most frequent
+    answer, and, for every pick but the Baseline, the exact McNemar test against the
+    Baseline on these same examples.
+    """
     heldout: dict[str, Any] = {}
     by_drop: dict[str, Any] = {}
+    baseline = None
     for pick, obs in picks.items():
         if obs.drop.key not in by_drop:
             res = evaluator.evaluate(prepared, obs.drop, progress=f"held-out {pick}")
             by_drop[obs.drop.key] = res
             writer.write_predictions(f"heldout_{pick}", prediction_rows(res))
-        heldout[pick] = by_drop[obs.drop.key].metrics()
+        res = by_drop[obs.drop.key]
+        if pick == "baseline":
+            baseline = res
+        reference = None if pick == "baseline" else baseline
+        heldout[pick] = heldout_record(evaluator.task, res, prepared.examples, reference)
     return heldout
 
 
@@ -94,6 +106,20 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
             **costs.get(obs.drop, {}),
             "heldout": heldout[name],
         }
+    scoring = cfg["eval"].get("scoring")
+    chance = {
+        "optimization": chance_level(task, splits.optimization),
+        "heldout": chance_level(task, splits.evaluation),
+    }
+    accuracy_probe = result.baseline.candidate.probe == TASK_ACCURACY
+    warnings = noise_warnings(
+        [
+            ("optimization", result.baseline.metrics if accuracy_probe else None,
+             chance["optimization"]),
+            ("held-out", heldout.get("baseline"), chance["heldout"]),
+        ],
+        scoring,
+    )  # fmt: skip
     return {
         "model": cfg["model"].get("name", cfg["model"].get("path")),
         "model_path": cfg["model"].get("path"),
@@ -102,7 +128,7 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
         "probe": getattr(plan.searcher, "probe", "task_accuracy"),  # what ranks the layers
         # What every `score` below is (one-shot searchers rank by a probe, then score accuracy).
         "score_probe": result.baseline.candidate.probe,
-        "scoring": cfg["eval"].get("scoring"),
+        "scoring": scoring,
         "seed": cfg["seed"],
         "num_layers": num_layers,
         "n_opt": len(splits.optimization),
@@ -117,5 +143,12 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
         "trajectory": [
             {**observation_record(obs), **costs.get(obs.drop, {})} for obs in result.trajectory
         ],
+        # 95% Wilson intervals (accuracy_ci_low/high) on every accuracy; paired exact McNemar
+        # tests against the Baseline at this level.
+        "confidence": CONFIDENCE,
+        "alpha": ALPHA,
+        "chance_accuracy": chance,
+        "rounds_vs_baseline": round_tests(result.trajectory) if accuracy_probe else [],
+        "warnings": warnings,
         **configs,
     }

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tale_opt.errors import UsageError, did_you_mean
+from tale_opt.significance import CORRECT, correct_bits
 from tale_opt.types import (
     PROBES,
     TASK_ACCURACY,
@@ -303,6 +304,8 @@ class CandidateEvaluator:
         )
         metrics = {**res.metrics(), "tflops": self.tflops(candidate.drop)}
         extras: dict[str, Any] = {}
+        if res.complete:  # for the paired tests of accepted rounds against the baseline
+            extras[CORRECT] = correct_bits(res)
         if not candidate.drop:
             # The baseline's per-example predictions are a result file; they travel with the
             # trial because the coordinator may be on another machine.

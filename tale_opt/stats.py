@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
+
+# Metric keys of the 95% Wilson interval of a recorded `accuracy`.
+CI_LOW, CI_HIGH = "accuracy_ci_low", "accuracy_ci_high"
 
 BETTER = "better"
 WORSE = "worse"
@@ -39,9 +43,7 @@ def _z(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
-def wilson_interval(
-    successes: int, n: int, confidence: float = CONFIDENCE
-) -> tuple[float, float]:
+def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Wilson score interval of the proportion `successes / n`.
 
     Raises:
@@ -193,6 +195,18 @@ def majority_share(predictions: Iterable[Hashable | None]) -> tuple[Hashable | N
     return value, count / total
 
 
+def accuracy_interval(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The 95% interval of a complete evaluation's accuracy from its metrics: the stored
+    bounds, else computed from `n_correct` / `n_examples` (results recorded before intervals
+    were); None for a stopped evaluation or metrics without counts (e.g. a perplexity)."""
+    if metrics.get(CI_LOW) is not None and metrics.get(CI_HIGH) is not None:
+        return float(metrics[CI_LOW]), float(metrics[CI_HIGH])
+    n, correct = metrics.get("n_examples"), metrics.get("n_correct")
+    if not n or correct is None:
+        return None
+    return wilson_interval(int(correct), int(n))
+
+
 def interval_contains(interval: tuple[float, float], value: float) -> bool:
     return interval[0] <= value <= interval[1]
 
@@ -204,11 +218,14 @@ def format_p(p: float) -> str:
     return f"{p:.3f}" if p < 0.995 else "1.00"
 
 
-def format_accuracy(accuracy: float | None, interval: Sequence[float] | None = None) -> str:
-    """``22.5 [17.3, 28.7]``: percent with its interval; ``-`` when unknown."""
+def format_accuracy(
+    accuracy: float | None, interval: Sequence[float] | None = None, unit: str = ""
+) -> str:
+    """``22.5 [17.3, 28.7]``: percent with its interval (``unit="%"``: ``22.5% [17.3, 28.7]``);
+    ``-`` when unknown."""
     if accuracy is None:
         return "-"
-    text = f"{100 * accuracy:.1f}"
+    text = f"{100 * accuracy:.1f}{unit}"
     if interval is not None and len(interval) == 2:
         text += f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
     return text
@@ -217,10 +234,13 @@ def format_accuracy(accuracy: float | None, interval: Sequence[float] | None = N
 __all__ = [
     "ALPHA",
     "BETTER",
+    "CI_HIGH",
+    "CI_LOW",
     "CONFIDENCE",
     "NO_DIFFERENCE",
     "WORSE",
     "PairedComparison",
+    "accuracy_interval",
     "chance_accuracy",
     "format_accuracy",
     "format_p",

@@ -24,7 +24,7 @@ MLFLOW_URI = f"sqlite:///{tempfile.mkdtemp(prefix='tale_opt_mlflow_')}/mlflow.db
 
 
 def run_cli(
-    *args: str, cwd: Path = ROOT, timeout: int = 300, env: dict[str, str] | None = None
+    *args: str, cwd: Path = ROOT, timeout: int = 3600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     env = {
         **os.environ,

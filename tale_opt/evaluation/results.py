@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tale_opt.stats import CI_HIGH, CI_LOW, wilson_interval
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -72,8 +74,11 @@ class EvalResult:
                 "seconds": self.seconds,
                 "seconds_per_example": self.seconds / max(self.n_seen, 1),
             }
+        low, high = wilson_interval(self.n_correct, self.n_examples)
         metrics = {
             "accuracy": self.accuracy,
+            CI_LOW: low,
+            CI_HIGH: high,
             "invalid_rate": self.invalid_rate,
             "n_examples": float(self.n_examples),
             "n_correct": float(self.n_correct),
@@ -83,4 +88,7 @@ class EvalResult:
         }
         if self.accuracy_norm is not None:
             metrics["accuracy_norm"] = self.accuracy_norm
+            n_norm = round(self.accuracy_norm * self.n_examples)
+            low, high = wilson_interval(n_norm, self.n_examples)
+            metrics["accuracy_norm_ci_low"], metrics["accuracy_norm_ci_high"] = low, high
         return metrics

@@ -9,6 +9,7 @@ from typing import Any
 
 from tale_opt.reporting._mpl import pyplot, save
 from tale_opt.reporting.heatmap import Candidate, Heatmap, heatmap_matrix, read_candidates
+from tale_opt.stats import accuracy_interval
 
 TRAJECTORY_PNG = "trajectory.png"
 HEATMAP_PNG = "layer_heatmap.png"
@@ -29,7 +30,8 @@ def plot_trajectory(
 
     Draws the baseline and threshold lines, marks Best (star) and BSBA (diamond), the
     held-out accuracy of the reported picks (hollow markers) when present, and every
-    evaluated candidate as a faint dot (its round's spread).
+    evaluated candidate as a faint dot (its round's spread). Accuracies carry their 95%
+    Wilson interval: a band along the accepted trajectory, error bars on held-out points.
     """
     plt = pyplot()
     trajectory = summary.get("trajectory") or []
@@ -50,6 +52,14 @@ def plot_trajectory(
     xs = [obs.get("n_dropped", i) for i, obs in enumerate(trajectory)]
     ys = [scale * obs["score"] for obs in trajectory]
     ax.plot(xs, ys, "-o", color="tab:blue", ms=4, label="accepted (optimization)", zorder=3)
+    if accuracy:  # 95% Wilson intervals as a band around the accepted trajectory
+        bounds = [accuracy_interval(obs) for obs in trajectory]
+        if bounds and all(b is not None for b in bounds):
+            ax.fill_between(
+                xs, [100 * b[0] for b in bounds], [100 * b[1] for b in bounds],
+                color="tab:blue", alpha=0.15, lw=0, label="95% interval (optimization)",
+                zorder=2,
+            )  # fmt: skip
     for i in range(1, len(trajectory)):
         removed = set(trajectory[i].get("drop_layers", [])) - set(
             trajectory[i - 1].get("drop_layers", [])
@@ -90,16 +100,26 @@ def plot_trajectory(
             (pick or {}).get("heldout", {}).get("accuracy") if isinstance(pick, Mapping) else None
         )
         if acc is not None and accuracy:
-            ax.plot(
-                pick.get("n_dropped", 0),
+            interval = accuracy_interval(pick["heldout"])
+            yerr = None
+            if interval is not None:
+                yerr = [[100 * (acc - interval[0])], [100 * (interval[1] - acc)]]
+            # Held-out points sit a little right of their layer count, so their error bars
+            # do not hide the optimization band.
+            ax.errorbar(
+                pick.get("n_dropped", 0) + 0.08,
                 100 * acc,
+                yerr=yerr,
                 marker=marker,
                 mfc="none",
                 mec="tab:purple",
+                ecolor="tab:purple",
+                elinewidth=1,
+                capsize=3,
                 ms=9,
                 ls="none",
                 zorder=5,
-                label="held-out" if key == "baseline" else None,
+                label="held-out (95% interval)" if key == "baseline" else None,
             )
     ax.set_xlabel("layers dropped (iteration); −ℓ: layer ℓ (0-based) removed at that step")
     ax.set_ylabel("accuracy %" if accuracy else f"perplexity ({summary.get('probe')} probe)")

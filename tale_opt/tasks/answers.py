@@ -58,6 +58,8 @@ class AnswerParser:
     demo: Callable[[Any, str], str]
     parse: Callable[[str], str | None]
     equal: Callable[[str, str], bool]
+    # How many answers are possible (True/False: 2); 0 = free-form, where guessing scores ~0.
+    n_options: int = 0
 
 
 def canonical_number(text: str) -> str | None:
@@ -220,7 +222,9 @@ def _math(options: Mapping[str, Any]) -> AnswerParser:
 
 
 def _boolean(options: Mapping[str, Any]) -> AnswerParser:
-    return AnswerParser("boolean", _boolean_gold, lambda _, gold: gold, _boolean_parse, str.__eq__)
+    return AnswerParser(
+        "boolean", _boolean_gold, lambda _, gold: gold, _boolean_parse, str.__eq__, n_options=2
+    )
 
 
 # name -> (factory, default options); an option's allowed values are in _CHOICES.

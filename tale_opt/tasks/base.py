@@ -72,6 +72,9 @@ class Task(Protocol):
     def continuations(self, example: Example) -> tuple[str, ...]:
         """Per-choice continuations scored by log-likelihood (`loglik` scoring)."""
 
+    def n_options(self, example: Example) -> int:
+        """How many answers the example allows (choices; True/False: 2); 0 = free-form."""
+
     def parse(self, text: str, example: Example) -> Any | None:
         """The answer parsed from generated text (a choice index for multiple choice, a
         normalized answer for generative tasks); None when unparseable (counted as invalid)."""

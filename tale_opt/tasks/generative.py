@@ -190,6 +190,10 @@ class GenerativeTask:
         """Generative tasks have no choices to score by log-likelihood."""
         return ()
 
+    def n_options(self, example: Example) -> int:
+        """Possible answers (True/False: 2); 0 for free-form answers such as numbers."""
+        return self.parser.n_options
+
     def parse(self, text: str, example: Example) -> str | None:
         """The normalized answer stated in `text`, or None when it states none."""
         return self.parser.parse(text)

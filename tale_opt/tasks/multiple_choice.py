@@ -255,6 +255,10 @@ class MultipleChoiceTask:
         """The choice texts with `continuation_prefix`, for log-likelihood scoring."""
         return tuple(self.prompt.continuation_prefix + text for text in example.choices)
 
+    def n_options(self, example: Example) -> int:
+        """How many choices the example offers (uniform guessing is right 1 in this many)."""
+        return len(example.choices)
+
     def parse(self, text: str, example: Example) -> int | None:
         """The choice index named by generated text, or None when invalid."""
         return parse_choice(text, self.labels(example), example.choices)

@@ -1,0 +1,152 @@
+"""What a search's accuracies are worth: chance level, answer profile and paired tests.
+
+The statistics themselves are in `tale_opt.stats`; this module applies them to the objects of
+a search: per-example outcomes of evaluations (`EvalResult`), the observations of accepted
+rounds (which carry their optimization-split outcomes as a bit string, see `correct_bits`),
+and the task that says how many answers each example allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tale_opt import stats
+from tale_opt.stats import accuracy_interval
+from tale_opt.types import Observation
+
+if TYPE_CHECKING:  # importing the evaluation package would load torch
+    from tale_opt.evaluation.results import EvalResult
+
+# Observation.extras key: the candidate's per-example outcomes on the optimization split.
+CORRECT = "correct"
+
+
+def correct_bits(result: EvalResult) -> str:
+    """Per-example outcomes of a complete evaluation as ``"0110…"`` in example order: compact
+    enough to travel with every trial, so any process can pair two configurations."""
+    return "".join("1" if p.correct else "0" for p in result.predictions)
+
+
+def outcomes(obs: Observation) -> list[bool] | None:
+    """The per-example outcomes an observation carries; None when it has none (stopped
+    early, a probe other than accuracy, or recorded before outcomes were kept)."""
+    bits = obs.extras.get(CORRECT)
+    if not obs.complete or not isinstance(bits, str) or not bits:
+        return None
+    return [b == "1" for b in bits]
+
+
+def chance_level(task: Any, examples: Sequence[Any]) -> float | None:
+    """Accuracy of uniform guessing over `examples` (None for free-form answers)."""
+    counts = [int(task.n_options(ex)) for ex in examples]
+    return stats.chance_accuracy(counts)
+
+
+def answer_profile(task: Any, result: EvalResult, examples: Sequence[Any]) -> dict[str, Any]:
+    """The most frequent answer of an evaluation and its share: a model that answers "A" to
+    most questions scores the share of "A" golds, whatever it knows. Labels are shown as the
+    prompt shows them (A, B, … for multiple choice); an unparseable output counts as
+    ``invalid``."""
+    by_id = {ex.id: ex for ex in examples}
+    answers = []
+    for p in result.predictions:
+        ex = by_id.get(p.example_id)
+        labels = task.labels(ex) if ex is not None else ()
+        if p.prediction is None:
+            answers.append("invalid")
+        elif labels and isinstance(p.prediction, int) and 0 <= p.prediction < len(labels):
+            answers.append(labels[p.prediction])
+        else:
+            answers.append(str(p.prediction))
+    top, share = stats.majority_share(answers)
+    return {"top_answer": top, "top_answer_share": share}
+
+
+def heldout_record(
+    task: Any,
+    result: EvalResult,
+    examples: Sequence[Any],
+    baseline: EvalResult | None,
+) -> dict[str, Any]:
+    """summary.json's `heldout` entry of one pick: accuracy with its interval, the answer
+    profile, and (unless it is the Baseline) the paired test against the Baseline."""
+    record: dict[str, Any] = {**result.metrics(), **answer_profile(task, result, examples)}
+    if baseline is not None:
+        test = stats.paired_comparison(
+            [p.correct for p in result.predictions], [p.correct for p in baseline.predictions]
+        )
+        record["vs_baseline"] = test.as_dict()
+    return record
+
+
+def round_tests(trajectory: Sequence[Observation]) -> list[dict[str, Any]]:
+    """The exact McNemar test of every accepted round against the baseline on the optimization
+    split, in round order; a round without outcomes gets ``None`` fields."""
+    if not trajectory:
+        return []
+    reference = outcomes(trajectory[0])
+    tests = []
+    for round_no, obs in enumerate(trajectory[1:], start=1):
+        mine = outcomes(obs)
+        entry: dict[str, Any] = {"round": round_no, "drop_layers": list(obs.drop.layers)}
+        if reference is None or mine is None or len(mine) != len(reference):
+            entry["vs_baseline"] = None
+        else:
+            entry["vs_baseline"] = stats.paired_comparison(mine, reference).as_dict()
+        tests.append(entry)
+    return tests
+
+
+def round_sentence(test: Mapping[str, Any]) -> str:
+    """``round 1: drop {2} +8 examples over baseline (10 vs 2 discordant), p = 0.039, better``."""
+    head = f"round {test['round']}: drop {{{','.join(str(i) for i in test['drop_layers'])}}}"
+    vs = test.get("vs_baseline")
+    if not vs:
+        return f"{head}: no per-example outcomes recorded (a study from an older version)"
+    comparison = stats.PairedComparison(
+        n=vs["n"], only_pick=vs["only_pick"], only_reference=vs["only_baseline"],
+        both=vs["both"], neither=vs["neither"], p_value=vs["p_value"], alpha=vs["alpha"],
+    )  # fmt: skip
+    return f"{head} {comparison.sentence()}"
+
+
+def noise_warnings(
+    baselines: Sequence[tuple[str, Mapping[str, Any] | None, float | None]],
+    scoring: str | None,
+) -> list[str]:
+    """Warnings for each split (name, Baseline metrics, chance level) on which the baseline is
+    not clearly above chance: its 95% interval contains chance level or lies below it.
+
+    A search whose baseline cannot be told apart from guessing ranks noise: its picks differ
+    from the full model by the luck of the optimization split, and the held-out split will not
+    confirm them.
+    """
+    warnings = []
+    for split, metrics, chance in baselines:
+        interval = accuracy_interval(metrics or {})
+        if chance is None or interval is None or interval[0] > chance:
+            continue
+        accuracy = (metrics or {}).get("accuracy")
+        where = "contains" if interval[1] >= chance else "lies below"
+        other = "eval.scoring=loglik, " if scoring != "loglik" else ""
+        warnings.append(
+            f"the baseline's {split} accuracy {stats.format_accuracy(accuracy, interval, '%')} "
+            f"{where} chance level ({100 * chance:.1f}%): the model cannot be told apart from "
+            "guessing with this task, prompt and scoring, so the search ranks noise; try "
+            f"{other}few-shot prompts (task.fewshot.k=5), another task or model, or a larger n_opt"
+        )
+    return warnings
+
+
+__all__ = [
+    "CORRECT",
+    "answer_profile",
+    "chance_level",
+    "correct_bits",
+    "heldout_record",
+    "noise_warnings",
+    "outcomes",
+    "round_sentence",
+    "round_tests",
+]
