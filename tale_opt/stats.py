@@ -81,7 +81,7 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     k = min(only_a, only_b)
     # Exact integer arithmetic, then one division: no underflow for large n.
     tail = sum(math.comb(n, i) for i in range(int(k) + 1))
-    return min(1.0, 2.0 * tail / 2**n)
+    return min(1.0, 2 * tail / 2**n)  # int / int: exact, correctly rounded, any size
 
 
 @dataclass(frozen=True)
