@@ -114,6 +114,84 @@ def test_search_end_to_end_writes_every_result_file(tiny_model_dir, tmp_path):
         child = by_drop[",".join(str(i) for i in step["drop_layers"])]
         assert child.metrics["accuracy"] == step["score"]
         assert child.metrics["tflops"] > 0 and child.metrics["latency.b1.ttft_ms"] > 0
+        # Every accuracy carries its 95% interval, in MLflow too.
+        low, high = child.metrics["accuracy_ci_low"], child.metrics["accuracy_ci_high"]
+        assert (low, high) == (step["accuracy_ci_low"], step["accuracy_ci_high"])
+        assert low <= step["score"] <= high
+    assert "best.heldout.vs_baseline.p_value" in parent.metrics
+
+
+PICKS = ("baseline", "best", "bsba", "ae_hm", "final")
+
+
+def test_search_reports_intervals_paired_tests_and_chance(tiny_model_dir, tmp_path):
+    """Every accuracy with its interval, each pick tested against Baseline on the same
+    held-out examples, accepted rounds tested on the optimization split, chance level, the
+    most frequent answer, and the warning that a random model's search ranks noise."""
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        f"model.path={tiny_model_dir}", "model.name=tiny-llama", "n_opt=12", "n_eval=10",
+        "searcher.max_drop=2", "searcher.epsilon=1.0", "latency=null", "tracking=none",
+        f"hydra.run.dir={run_dir}", f"storage.path={tmp_path / 'trials.db'}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["confidence"] == 0.95 and summary["alpha"] == 0.05
+    # ARC-Easy: 3-5 options per question, so chance is about 1/4.
+    for split in ("optimization", "heldout"):
+        assert 0.19 < summary["chance_accuracy"][split] < 0.34
+    base_rows = [
+        json.loads(line)
+        for line in (run_dir / "predictions" / "heldout_baseline.jsonl").read_text().splitlines()
+    ]
+    for pick in PICKS:
+        held = summary[pick]["heldout"]
+        assert held["accuracy_ci_low"] <= held["accuracy"] <= held["accuracy_ci_high"]
+        assert 0.0 < held["top_answer_share"] <= 1.0 and held["top_answer"]
+        if pick == "baseline":
+            assert "vs_baseline" not in held
+            continue
+        # The paired counts agree with the two prediction files, example by example.
+        # (each distinct configuration is evaluated and written once, under its first pick)
+        first = next(p for p in PICKS if summary[p]["drop_layers"] == summary[pick]["drop_layers"])
+        rows = [
+            json.loads(line)
+            for line in (run_dir / "predictions" / f"heldout_{first}.jsonl")
+            .read_text()
+            .splitlines()
+        ]
+        only_pick = sum(
+            r["correct"] and not b["correct"] for r, b in zip(rows, base_rows, strict=True)
+        )
+        only_base = sum(
+            b["correct"] and not r["correct"] for r, b in zip(rows, base_rows, strict=True)
+        )
+        vs = held["vs_baseline"]
+        assert (vs["only_pick"], vs["only_baseline"], vs["n"]) == (only_pick, only_base, 10)
+        assert 0.0 < vs["p_value"] <= 1.0
+        assert vs["verdict"] in {"better", "worse", "no detectable difference"}
+        assert summary[pick]["accuracy_ci_low"] <= summary[pick]["score"]
+    # One paired test per accepted round, on the optimization split.
+    rounds = summary["rounds_vs_baseline"]
+    assert [r["round"] for r in rounds] == list(range(1, len(summary["trajectory"])))
+    assert all(r["vs_baseline"]["n"] == 12 for r in rounds)
+    for r in rounds:
+        assert f"round {r['round']}: drop {{" in proc.stdout
+    # The CSV has the interval of every complete candidate.
+    rows = list(csv.DictReader((run_dir / "candidate_results.csv").open()))
+    for row in rows:
+        assert (
+            float(row["accuracy_ci_low"])
+            <= float(row["accuracy"])
+            <= float(row["accuracy_ci_high"])
+        )
+    # The printed table: intervals, the paired test, the answer profile.
+    assert "held-out acc % [95% CI]" in proc.stdout and "vs Baseline (held-out)" in proc.stdout
+    assert "top answer" in proc.stdout and "chance" in proc.stdout
+    assert (run_dir / "summary.md").read_text().strip() in proc.stdout
+    # A random-init model is at chance: the search ranks noise and says so.
+    assert summary["warnings"] and "chance level" in summary["warnings"][0]
+    assert "WARNING: the baseline's" in proc.stdout
 
 
 def test_export_of_a_finished_run_reloads_with_plain_transformers(tiny_model_dir, tmp_path):
