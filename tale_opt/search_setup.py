@@ -29,7 +29,7 @@ log = logging.getLogger("tale_opt")
 
 MODEL_KEYS = ("path", "revision", "dtype", "device", "trust_remote_code", "attn_implementation")
 # `shared_prefix` is here because it changes scores to rounding (like `batch_size`).
-EVAL_KEYS = ("scoring", "batch_size", "max_new_tokens", "shared_prefix")
+EVAL_KEYS = ("scoring", "batch_size", "max_new_tokens", "shared_prefix", "chat_template")
 # Memory for prefix reuse (GiB). It changes no score, so it travels beside `eval` (which is in
 # the fingerprint) and a resumed search may use another value.
 DEFAULT_PREFIX_CACHE_GB = 4.0
@@ -42,7 +42,7 @@ def study_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "model": {k: model[k] for k in MODEL_KEYS if k in model},
         "model_name": model.get("name", model.get("path")),
         "task": dict(cfg["task"]),
-        "eval": {k: v for k, v in dict(cfg["eval"]).items() if k in EVAL_KEYS},
+        "eval": _eval_config(cfg["eval"]),
         "prefix_cache_gb": dict(cfg["eval"]).get("prefix_cache_gb", DEFAULT_PREFIX_CACHE_GB),
         "seed": cfg["seed"],
         "n_opt": cfg.get("n_opt"),
@@ -50,6 +50,15 @@ def study_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "searcher": cfg["searcher"].get("name"),
         **probe_config(cfg["searcher"]),
     }
+
+
+def _eval_config(node: Mapping[str, Any]) -> dict[str, Any]:
+    """The scoring options of the fingerprint. `chat_template` appears only when turned off,
+    so studies made before the option existed keep their fingerprint."""
+    options = {k: v for k, v in dict(node).items() if k in EVAL_KEYS}
+    if options.get("chat_template", True) is True:
+        options.pop("chat_template", None)
+    return options
 
 
 def probe_config(searcher_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,10 +156,9 @@ def check_eval_options(config: Mapping[str, Any]) -> None:
         value = eval_cfg.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"`{key} >= 1` must hold, but got {key}={value!r}")
-    if not isinstance(eval_cfg.get("shared_prefix", True), bool):
-        raise UsageError(
-            f"`eval.shared_prefix` must be true or false, but got {eval_cfg['shared_prefix']!r}"
-        )
+    for key in ("shared_prefix", "chat_template"):
+        if not isinstance(eval_cfg.get(key, True), bool):
+            raise UsageError(f"`eval.{key}` must be true or false, but got {eval_cfg[key]!r}")
     budget = config.get("prefix_cache_gb", DEFAULT_PREFIX_CACHE_GB)
     if isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0:
         raise UsageError(
@@ -185,6 +193,7 @@ def build_evaluator(config: Mapping[str, Any], model: Any, tokenizer: Any, task:
         batch_size=eval_cfg.get("batch_size", 16),
         max_new_tokens=eval_cfg.get("max_new_tokens", 1),
         shared_prefix=eval_cfg.get("shared_prefix", True),
+        chat_template=eval_cfg.get("chat_template", True),
     )
 
 

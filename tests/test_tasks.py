@@ -404,3 +404,53 @@ def _literal(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def compose_task(name: str, tmp_path: Path) -> dict[str, Any]:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    shutil.copytree(CONF, tmp_path / "conf")
+    with initialize_config_dir(config_dir=str(tmp_path / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"task={name}"])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_arc_easy_cloze_is_arc_easy_scored_like_lm_eval(tmp_path: Path) -> None:
+    """Same data and splits as arc_easy; the question alone, no chat template, loglik of each
+    option's text; demonstrations answer with the option text."""
+    cfg = compose_task("arc_easy_cloze", tmp_path)
+    assert cfg["eval"]["scoring"] == "loglik" and cfg["eval"]["chat_template"] is False
+    cloze, arc = build_task(cfg["task"]), build_task(task_cfg("arc_easy"))
+    assert cloze.prompt_version != arc.prompt_version
+    assert cfg["task"]["sources"] == task_cfg("arc_easy")["sources"]
+    example = load_splits(cfg["task"], seed=0).optimization[0]
+    same = load_splits(task_cfg("arc_easy"), seed=0).optimization[0]
+    assert example.id == same.id
+    assert cloze.messages(example) == [
+        {"role": "user", "content": f"Question: {example.fields['question']}"}
+    ]
+    assert cloze.target(example) == example.choices[example.answer_index]
+    assert arc.target(example) == "ABCDE"[example.answer_index]
+    # The default eval keeps the chat template on for the other tasks.
+    assert compose_task("arc_easy", tmp_path / "b")["eval"]["chat_template"] is True
+
+
+def test_prompt_target_must_be_label_or_text() -> None:
+    cfg = task_cfg("arc_easy")
+    cfg["prompt"]["target"] = "letter"
+    with pytest.raises(UsageError, match="task.prompt.target must be one of"):
+        build_task(cfg)
+
+
+def test_plain_prompt_even_for_a_chat_tokenizer(tiny_tokenizer) -> None:
+    from tale_opt.evaluation.prompts import PromptEncoder
+
+    tiny_tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+    )
+    messages = [{"role": "user", "content": "Question: is fire hot ?"}]
+    chat = PromptEncoder(tiny_tokenizer).render(messages)
+    assert chat == "<user>Question: is fire hot ?<assistant>"
+    plain = PromptEncoder(tiny_tokenizer, chat_template=False).render(messages)
+    assert chat != plain and plain == "Question: is fire hot ?\nAnswer:"

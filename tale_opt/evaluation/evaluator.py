@@ -114,6 +114,9 @@ class Evaluator:
             to them from a KV cache (scores equal to rounding; see
             `tale_opt.evaluation.shared_prefix`). Models with sliding-window or hybrid caches
             always run the plain path.
+        chat_template: Render prompts with the tokenizer's chat template when it has one;
+            False renders plain text (``"Question: ...\nAnswer:"``-style, lm-evaluation-harness's
+            default) even for chat models.
 
     Raises:
         UsageError: An unknown scoring mode, or a batch size / token budget below 1.
@@ -131,6 +134,7 @@ class Evaluator:
         device: torch.device | str | None = None,
         stop_strings: Sequence[str] | None = None,
         shared_prefix: bool = True,
+        chat_template: bool = True,
     ) -> None:
         if scoring not in SCORING_MODES:
             raise UsageError(
@@ -146,9 +150,12 @@ class Evaluator:
             raise UsageError(
                 f"`max_new_tokens >= 1` must hold, but got max_new_tokens={max_new_tokens!r}"
             )
+        if not isinstance(chat_template, bool):
+            raise UsageError(f"`chat_template` must be true or false, but got {chat_template!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.task = task
+        self.chat_template = chat_template
         self.scoring = scoring
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -171,7 +178,7 @@ class Evaluator:
         examples = tuple(examples)
         if not examples:
             raise UsageError("cannot evaluate an empty list of examples")
-        encoder = PromptEncoder(self.tokenizer)
+        encoder = PromptEncoder(self.tokenizer, chat_template=self.chat_template)
         prompt_ids = tuple(tuple(encoder.encode(self.task.messages(ex))) for ex in examples)
         label_ids: list[tuple[tuple[int, ...], ...]] = []
         continuation_ids: list[tuple[tuple[int, ...], ...]] = []

@@ -67,11 +67,13 @@ class PromptEncoder:
 
     Args:
         tokenizer: A Hugging Face tokenizer.
+        chat_template: Use the tokenizer's chat template when it has one (False: plain text
+            for every model, as lm-evaluation-harness does unless asked for the template).
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, *, chat_template: bool = True) -> None:
         self.tokenizer = tokenizer
-        self.uses_chat_template = has_chat_template(tokenizer)
+        self.uses_chat_template = chat_template and has_chat_template(tokenizer)
         # Set once the template has rejected a system turn, so later prompts skip the failing try.
         self.merges_system = False
 

@@ -40,10 +40,12 @@ PROMPT_KEYS = (
     "labels",
     "label_source",
     "continuation_prefix",
+    "target",
 )
 # Template placeholders filled by the task itself, not by row columns.
 RESERVED_FIELDS = ("choices",)
 DEFAULT_LABELS = tuple("ABCDEFGHIJKLMNOPQRST")
+TARGETS = ("label", "text")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class PromptSpec:
         label_source: ``position`` (labels above) or ``dataset`` (the row's own labels when its
             row format has them, else by position).
         continuation_prefix: Prepended to each choice text for log-likelihood scoring.
+        target: What a few-shot demonstration answers with: ``label`` (the gold letter, for
+            prompts that list the options) or ``text`` (the gold choice's text, for cloze
+            prompts that do not).
     """
 
     user: str
@@ -69,8 +74,13 @@ class PromptSpec:
     labels: tuple[str, ...] = DEFAULT_LABELS
     label_source: str = "position"
     continuation_prefix: str = " "
+    target: str = "label"
 
     def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise UsageError(
+                f"task.prompt.target must be one of {TARGETS}, but got {self.target!r}"
+            )
         object.__setattr__(self, "labels", tuple(str(label) for label in self.labels))
         if self.label_source not in LABEL_SOURCES:
             raise UsageError(
@@ -119,7 +129,10 @@ class MultipleChoiceTask:
         self.stop_patterns = tuple(str(s) for s in self.scoring.get("stop_patterns") or ())
         self.fewshot = fewshot or FewShotSpec()
         self.template_fields = _template_fields(prompt.user, "task.prompt.user")
-        shaped: dict[str, Any] = {"prompt": asdict(prompt), "rows": self.row_format}
+        spec = asdict(prompt)
+        if spec["target"] == "label":  # the default keeps the versions prompts always had
+            del spec["target"]
+        shaped: dict[str, Any] = {"prompt": spec, "rows": self.row_format}
         if self.stop_strings or self.stop_patterns:
             # Not the prompt, but where a reply ends changes what is scored: same role.
             shaped["stop"] = [self.stop_strings, self.stop_patterns]
@@ -231,9 +244,12 @@ class MultipleChoiceTask:
         )
 
     def target(self, example: Example) -> str:
-        """The gold label, e.g. ``"B"``: the reply the system prompt asks for."""
+        """The gold label, e.g. ``"B"`` (the reply the system prompt asks for), or with
+        ``prompt.target: text`` the gold choice's text (cloze prompts)."""
         if example.answer_index is None:
             raise UsageError(f"example {example.id!r} has no gold answer to demonstrate")
+        if self.prompt.target == "text":
+            return example.choices[example.answer_index]
         return self.labels(example)[example.answer_index]
 
     def render_choices(self, example: Example) -> str:

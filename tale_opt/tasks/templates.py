@@ -13,7 +13,7 @@ from tale_opt.errors import UsageError, did_you_mean
 
 # Keys of a task's `scoring` node, for every task type (the eval group reads mode and
 # max_new_tokens as its defaults; the task keeps the stop settings for the evaluator).
-SCORING_KEYS = ("mode", "max_new_tokens", "stop", "stop_patterns")
+SCORING_KEYS = ("mode", "max_new_tokens", "stop", "stop_patterns", "chat_template")
 
 
 def template_fields(template: str, where: str, allowed: set[str] | None = None) -> tuple[str, ...]:
