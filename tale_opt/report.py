@@ -31,7 +31,7 @@ def _versus(heldout: Mapping[str, Any]) -> tuple[str, str]:
     vs = heldout.get("vs_baseline")
     if not vs:
         return "—", "—"
-    cell = f"+{vs['only_pick']}/−{vs['only_baseline']}, p = {format_p(vs['p_value'])}"
+    cell = f"+{vs['only_pick']}/−{vs['only_baseline']}, {format_p(vs['p_value'])}"
     return cell, str(vs["verdict"])
 
 

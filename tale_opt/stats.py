@@ -135,7 +135,7 @@ class PairedComparison:
         return (
             f"{sign}{abs(self.difference)} examples over baseline "
             f"({self.only_pick} vs {self.only_reference} discordant), "
-            f"p = {format_p(self.p_value)}, {verdict}"
+            f"{format_p(self.p_value)}, {verdict}"
         )
 
 
@@ -212,10 +212,10 @@ def interval_contains(interval: tuple[float, float], value: float) -> bool:
 
 
 def format_p(p: float) -> str:
-    """p-values as people read them: 3 significant digits, ``< 0.001`` below that."""
+    """``p = 0.077``, ``p < 0.001``, ``p = 1.00``: as people write p-values."""
     if p < 0.001:
-        return "< 0.001"
-    return f"{p:.3f}" if p < 0.995 else "1.00"
+        return "p < 0.001"
+    return f"p = {p:.3f}" if p < 0.995 else "p = 1.00"
 
 
 def format_accuracy(

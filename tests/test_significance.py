@@ -139,22 +139,32 @@ def test_heldout_record_pairs_a_pick_with_the_baseline_on_the_same_examples() ->
 
 @pytest.mark.real_model
 @pytest.mark.slow
-def test_chance_warning_on_smollm2_arc_easy_letters_but_not_loglik(smollm2) -> None:
-    """The old default (letters) is at chance on the real model; loglik is clearly above."""
+def test_chance_warning_on_smollm2_letters_but_not_cloze(smollm2) -> None:
+    """The old default (ARC-Easy, letters) is at chance on the real model; the new default
+    (the same questions as a cloze task scored by log-likelihood) is clearly above it."""
     from tale_opt.evaluation.evaluator import Evaluator
     from tale_opt.tasks.registry import build_task, load_splits
 
     model, tokenizer = smollm2
-    cfg = yaml.safe_load((CONF / "task" / "arc_easy.yaml").read_text())
-    task = build_task(cfg)
-    examples = load_splits(cfg, seed=0).optimization  # the default 48
-    assert len(examples) == 48
-    chance = sig.chance_level(task, examples)
-    assert chance == pytest.approx(0.25, abs=0.01)
     fired = {}
-    for scoring in ("letters", "loglik"):
-        evaluator = Evaluator(model, tokenizer, task, scoring=scoring, batch_size=16)
+    for name, scoring, chat_template in (
+        ("arc_easy", "letters", True),
+        ("arc_easy_cloze", "loglik", False),
+    ):
+        cfg = yaml.safe_load((CONF / "task" / f"{name}.yaml").read_text())
+        if name == "arc_easy_cloze":  # the file extends arc_easy through Hydra's defaults
+            base = yaml.safe_load((CONF / "task" / "arc_easy.yaml").read_text())
+            cfg = {**base, **{k: v for k, v in cfg.items() if k != "defaults"},
+                   "prompt": {**base["prompt"], **cfg["prompt"]}}  # fmt: skip
+        task = build_task(cfg)
+        examples = load_splits(cfg, seed=0).optimization  # the default 48
+        assert len(examples) == 48
+        chance = sig.chance_level(task, examples)
+        assert chance == pytest.approx(0.25, abs=0.01)
+        evaluator = Evaluator(
+            model, tokenizer, task, scoring=scoring, batch_size=16, chat_template=chat_template
+        )
         res = evaluator.evaluate(evaluator.prepare(examples))
-        fired[scoring] = sig.noise_warnings([("optimization", res.metrics(), chance)], scoring)
-    assert len(fired["letters"]) == 1 and "chance level" in fired["letters"][0]
-    assert fired["loglik"] == []
+        fired[name] = sig.noise_warnings([("optimization", res.metrics(), chance)], scoring)
+    assert len(fired["arc_easy"]) == 1 and "chance level" in fired["arc_easy"][0]
+    assert fired["arc_easy_cloze"] == []

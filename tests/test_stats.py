@@ -135,7 +135,7 @@ def test_formatting_of_accuracies_and_p_values() -> None:
     assert stats.format_accuracy(0.225, (0.1726, 0.2877), "%") == "22.5% [17.3, 28.8]"
     assert stats.format_accuracy(None) == "-"
     assert (stats.format_p(0.0004), stats.format_p(0.0768), stats.format_p(1.0)) == (
-        "< 0.001",
-        "0.077",
-        "1.00",
+        "p < 0.001",
+        "p = 0.077",
+        "p = 1.00",
     )
