@@ -165,7 +165,21 @@ def _record(run_id: str, searcher: str, seed: int, best_heldout: float, **metric
 
 def test_search_views_and_tables():
     runs = [
-        _record("a" * 32, "tale", 0, 0.50, **{"best.speedup_measured": 1.4, "best.tflops": 2.0}),
+        _record(
+            "a" * 32,
+            "tale",
+            0,
+            0.50,
+            **{
+                "best.speedup_measured": 1.4,
+                "best.tflops": 2.0,
+                "best.heldout.n_correct": 25,
+                "best.heldout.n_examples": 50,
+                "best.heldout.vs_baseline.only_pick": 6,
+                "best.heldout.vs_baseline.only_baseline": 5,
+                "best.heldout.vs_baseline.p_value": 1.0,
+            },
+        ),  # fmt: skip
         _record("b" * 32, "tale", 1, 0.54),
         _record("c" * 32, "sleb", 0, 0.40),
     ]
@@ -181,10 +195,14 @@ def test_search_views_and_tables():
     assert not views[1].picks["best"].speedup_measured
     assert first.trajectory == [(0, 0.5), (1, 0.6), (2, 0.62)]
     markdown = comparison_markdown(views)
+    # Held-out accuracy with its 95% interval where the counts were logged, and the paired
+    # test against Baseline.
     assert (
-        "| aaaaaaaa | tiny | arc_easy | tale | 0 | 5 | 50.0 | 48.0 | 2 (2,4) | 62.0 | 50.0 "
-        in (markdown)
+        "| aaaaaaaa | tiny | arc_easy | tale | 0 | 5 | 50.0 | 48.0 | 2 (2,4) | 62.0 "
+        "| 50.0 [36.6, 63.4] | +6/−5, p = 1.00 | 1.40× |" in markdown
     )
+    assert first.picks["best"].heldout_test == (6, 5, 1.0)
+    assert views[1].picks["best"].heldout_interval is None
     assert "1.40× |" in markdown and "1.67× (est.)" in markdown
     groups = groups_table(views)
     assert "| tiny | arc_easy | tale | 2 | 48.0 ± 0.0 | 52.0 ± 2.8 | 2.0 ± 0.0 |" in groups

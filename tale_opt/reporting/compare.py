@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tale_opt.stats import accuracy_interval, format_accuracy, format_p
 from tale_opt.tracking import records as rec
 from tale_opt.tracking.records import PICKS
 
@@ -35,6 +36,9 @@ class PickView:
     speedup: float | None
     speedup_measured: bool
     tflops: float | None
+    heldout_interval: tuple[float, float] | None = None  # 95% Wilson
+    # Exact McNemar test against Baseline on the held-out split: (only pick, only Baseline, p)
+    heldout_test: tuple[int, int, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,18 @@ def search_view(record: Any) -> SearchView:
     for pick, _ in PICKS:
         measured = metrics.get(f"{pick}.speedup_measured")
         n_dropped = metrics.get(f"{pick}.n_dropped")
+        held = {
+            k.removeprefix(f"{pick}.heldout."): v
+            for k, v in metrics.items()
+            if k.startswith(f"{pick}.heldout.")
+        }
+        test = None
+        if all(f"vs_baseline.{k}" in held for k in ("only_pick", "only_baseline", "p_value")):
+            test = (
+                int(held["vs_baseline.only_pick"]),
+                int(held["vs_baseline.only_baseline"]),
+                float(held["vs_baseline.p_value"]),
+            )
         picks[pick] = PickView(
             n_dropped=None if n_dropped is None else int(n_dropped),
             drop=tags.get(f"tale_opt.{pick}.drop"),
@@ -80,6 +96,8 @@ def search_view(record: Any) -> SearchView:
             speedup=measured if measured is not None else metrics.get(f"{pick}.speedup_estimate"),
             speedup_measured=measured is not None,
             tflops=metrics.get(f"{pick}.tflops"),
+            heldout_interval=accuracy_interval(held),
+            heldout_test=test,
         )
     num_layers = metrics.get("num_layers")
     steps = dict(record.history.get("trajectory.n_dropped", []))
@@ -104,6 +122,18 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _heldout(pick: PickView) -> str:
+    return format_accuracy(pick.heldout_accuracy, pick.heldout_interval)
+
+
+def _versus(pick: PickView) -> str:
+    """``+5/−17, p = 0.017``: held-out examples only the pick / only Baseline gets right."""
+    if pick.heldout_test is None:
+        return "-"
+    only_pick, only_base, p = pick.heldout_test
+    return f"+{only_pick}/−{only_base}, {format_p(p)}"
+
+
 def _speed(pick: PickView) -> str:
     if pick.speedup is None:
         return "-"
@@ -126,14 +156,15 @@ def runs_table(views: Sequence[SearchView]) -> str:
         "seed",
         "layers",
         "baseline opt %",
-        "baseline held-out %",
+        "baseline held-out % [95% CI]",
     ]
     for pick in SHOWN_PICKS:
         name = dict(PICKS)[pick]
         head += [
             f"{name} dropped",
             f"{name} opt %",
-            f"{name} held-out %",
+            f"{name} held-out % [95% CI]",
+            f"{name} vs Baseline",
             f"{name} speed-up",
             f"{name} TFLOPs",
         ]
@@ -148,7 +179,7 @@ def runs_table(views: Sequence[SearchView]) -> str:
             v.seed,
             "-" if v.num_layers is None else str(v.num_layers),
             _pct(base.opt_accuracy),
-            _pct(base.heldout_accuracy),
+            _heldout(base),
         ]
         for pick in SHOWN_PICKS:
             p = v.picks[pick]
@@ -156,7 +187,8 @@ def runs_table(views: Sequence[SearchView]) -> str:
             cells += [
                 _dropped(p),
                 _pct(p.opt_accuracy),
-                _pct(p.heldout_accuracy),
+                _heldout(p),
+                _versus(p),
                 _speed(p),
                 tflops,
             ]
@@ -208,7 +240,9 @@ def comparison_markdown(views: Sequence[SearchView], source: str = "") -> str:
         "# TALE searches compared",
         "",
         f"{len(views)} search(es){f' from {source}' if source else ''}. Accuracies in %; "
-        "held-out = the evaluation split the search never saw. Speed-ups marked (est.) are "
+        "held-out = the evaluation split the search never saw, with its 95% Wilson interval. "
+        "vs Baseline: held-out examples only the pick / only Baseline gets right, and the "
+        "exact McNemar p-value (below 0.05: a real difference). Speed-ups marked (est.) are "
         "the layer-count estimate L / (L − k); others were measured.",
         "",
         "## Runs",
