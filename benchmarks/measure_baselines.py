@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -52,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tale_opt.errors import UsageError  # noqa: E402
+from tale_opt.outputs import write_text_atomic  # noqa: E402
 from tale_opt.search_setup import (  # noqa: E402
     build_evaluator,
     check_eval_options,
@@ -352,20 +352,6 @@ def append_record(path: Path, record: Mapping[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are reports
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
@@ -497,10 +483,10 @@ def run(args: argparse.Namespace, load: Loader = _load_model) -> int:
             record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
             if predictions is not None:
                 lines = "".join(json.dumps(row, default=str) + "\n" for row in predictions)
-                write_atomic(out / PREDICTIONS / f"{cell.file_stem()}.jsonl", lines)
+                write_text_atomic(out / PREDICTIONS / f"{cell.file_stem()}.jsonl", lines)
             append_record(results_path, record)
             done[cell.key] = record
-            write_atomic(table_path, format_table(done.values(), settings, failed))
+            write_text_atomic(table_path, format_table(done.values(), settings, failed))
             if record["status"] == "ok":
                 tqdm.write(
                     f"{cell.label()}: acc {format_accuracy(record['accuracy'], record['ci'])}, "
@@ -508,7 +494,7 @@ def run(args: argparse.Namespace, load: Loader = _load_model) -> int:
                 )
             bar.update(1)
     table = format_table(done.values(), settings, failed)
-    write_atomic(table_path, table)
+    write_text_atomic(table_path, table)
     print(table)
     print(f"results: {results_path}; table: {table_path}")
     return 1 if failed else 0

@@ -25,7 +25,7 @@ from tale_opt.coordination.local_workers import LocalWorkers
 from tale_opt.coordination.storage import StorageConfig, open_storage
 from tale_opt.coordination.study import default_study_name, open_study
 from tale_opt.errors import UsageError, did_you_mean
-from tale_opt.outputs import RunWriter
+from tale_opt.outputs import RunWriter, write_text_atomic
 from tale_opt.report import format_summary_table
 from tale_opt.reported import (
     accepted_costs,
@@ -227,7 +227,7 @@ def _run(plan: SearchPlan, tracking: SearchTracking, out_dir: Path, started: flo
         }
         writer.write_summary(summary)
     table = format_summary_table(summary)
-    (out_dir / "summary.md").write_text(table + "\n")
+    write_text_atomic(out_dir / "summary.md", table + "\n")
     write_search_plots(out_dir)
     tracking.finish(summary, out_dir)
     print(table)

@@ -31,20 +31,26 @@ def _row_key(row: Mapping[str, str]) -> str:
     return f"{row.get('probe') or 'task_accuracy'}:{row['drop_key']}"
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so that `path` holds either the old or the new content, never a mix."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` so that `path` holds either the old or the new content, never a mix
+    (a temp file beside it, fsynced, then renamed over it; readable like any report)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
         with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON atomically (see `write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def observation_record(obs: Observation) -> dict[str, Any]:

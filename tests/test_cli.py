@@ -82,7 +82,10 @@ def test_search_end_to_end_writes_every_result_file(tiny_model_dir, tmp_path):
     rows = list(csv.DictReader((run_dir / "candidate_results.csv").open()))
     accepted = json.loads((run_dir / "accepted_configs.json").read_text())["accepted"]
     assert len(rows) == 1 + 4 + (3 if len(accepted) > 1 else 0)
-    assert {r["status"] for r in rows} == {"complete"}
+    # (candidates that provably cannot win their round stop early: "pruned")
+    assert {r["status"] for r in rows} <= {"complete", "pruned"} and rows[0][
+        "status"
+    ] == "complete"
     assert len(accepted) - 1 == len(summary["trajectory"]) - 1
     heldout = (run_dir / "predictions" / "heldout_baseline.jsonl").read_text().splitlines()
     assert len(heldout) == 5
@@ -103,7 +106,7 @@ def test_search_end_to_end_writes_every_result_file(tiny_model_dir, tmp_path):
     parent_id = summary["tracking"]["parent_run_id"]
     [parent] = search_runs(MLFLOW_URI, "tale_opt", run_ids=[parent_id])
     assert parent.status == "FINISHED"
-    assert parent.tags["model"] == "tiny-llama" and parent.tags["task"] == "arc_easy"
+    assert parent.tags["model"] == "tiny-llama" and parent.tags["task"] == "arc_easy_cloze"
     assert parent.metrics["bsba.heldout.accuracy"] == summary["bsba"]["heldout"]["accuracy"]
     children = child_runs(MLFLOW_URI, parent_id)
     assert sorted(c.tags["tale_opt.drop_key"] for c in children) == sorted(
