@@ -14,7 +14,13 @@ from typing import Any
 from searchers.selection import layer_count_speedup, pick_ae_hm
 from tale_opt.outputs import RunWriter, observation_record
 from tale_opt.search_setup import prediction_rows
-from tale_opt.significance import chance_level, heldout_record, noise_warnings, round_tests
+from tale_opt.significance import (
+    chance_level,
+    heldout_record,
+    heldout_warnings,
+    noise_warnings,
+    round_tests,
+)
 from tale_opt.stats import ALPHA, CONFIDENCE
 from tale_opt.types import TASK_ACCURACY, DropSet, Observation, SearchResult
 
@@ -119,7 +125,7 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
             ("held-out", heldout.get("baseline"), chance["heldout"]),
         ],
         scoring,
-    )  # fmt: skip
+    ) + heldout_warnings(heldout, len(splits.optimization))  # fmt: skip
     return {
         "model": cfg["model"].get("name", cfg["model"].get("path")),
         "model_path": cfg["model"].get("path"),

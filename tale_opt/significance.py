@@ -139,12 +139,33 @@ def noise_warnings(
     return warnings
 
 
+def heldout_warnings(heldout: Mapping[str, Mapping[str, Any]], n_opt: int) -> list[str]:
+    """A warning naming the picks that are significantly worse than the Baseline on the
+    held-out split: the layers the search chose hurt on questions it did not see."""
+    names = {"best": "Best", "bsba": "BSBA", "ae_hm": "AE-HM", "final": "Final"}
+    worse = [
+        label
+        for key, label in names.items()
+        if ((heldout.get(key) or {}).get("vs_baseline") or {}).get("verdict") == stats.WORSE
+    ]
+    if not worse:
+        return []
+    named = worse[0] if len(worse) == 1 else f"{', '.join(worse[:-1])} and {worse[-1]}"
+    return [
+        f"{named} {'is' if len(worse) == 1 else 'are'} significantly worse than "
+        "Baseline on the held-out split: the layers chosen on "
+        f"{n_opt} optimization examples do not carry over; raise n_opt (the paper uses "
+        "500 or more) or keep the full model"
+    ]
+
+
 __all__ = [
     "CORRECT",
     "answer_profile",
     "chance_level",
     "correct_bits",
     "heldout_record",
+    "heldout_warnings",
     "noise_warnings",
     "outcomes",
     "round_sentence",

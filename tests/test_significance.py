@@ -94,6 +94,16 @@ def test_no_chance_warning_when_the_baseline_is_clearly_above_chance() -> None:
     assert sig.noise_warnings([("optimization", {"score": -30.0}, 0.25)], "letters") == []
 
 
+def test_heldout_warning_names_the_picks_significantly_worse_than_baseline() -> None:
+    worse = {"vs_baseline": {"verdict": "worse"}}
+    same = {"vs_baseline": {"verdict": "no detectable difference"}}
+    heldout = {"baseline": {}, "best": same, "bsba": worse, "ae_hm": same, "final": worse}
+    (warning,) = sig.heldout_warnings(heldout, n_opt=48)
+    assert warning.startswith("BSBA and Final are significantly worse than Baseline")
+    assert "48 optimization examples" in warning
+    assert sig.heldout_warnings({"best": same, "final": same}, n_opt=48) == []
+
+
 class LetterTask:
     def labels(self, example: Example) -> tuple[str, ...]:
         return tuple("ABCD"[: len(example.choices)])
