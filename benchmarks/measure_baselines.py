@@ -69,6 +69,7 @@ from tale_opt.stats import (  # noqa: E402
 
 CONF_DIR = ROOT / "conf"
 RESULTS, TABLE, PREDICTIONS = "baselines.jsonl", "baselines.md", "predictions"
+WIDE_TABLE = "baselines_wide.md"  # one row per model × task × k (the README's view)
 DEFAULT_TASKS = "arc_easy,arc_challenge,boolq,commonsense_qa,winogrande,mmlu,boolean_expressions"
 # Generative answers drawn from a fixed set (answer parser -> number of possible answers);
 # other generative answers (numbers, LaTeX) are free-form and have no chance level.
@@ -402,6 +403,42 @@ def format_table(
     return "\n".join(lines) + "\n"
 
 
+ONE_ANSWER = 0.9  # a top-answer share from which a cell is flagged: the model answers one label
+
+
+def wide_table(records: Iterable[Mapping[str, Any]]) -> str:
+    """One row per model × task × k, one column per scoring: the compact view for a README.
+
+    A cell is ``acc [95% CI]``; ``*`` marks cells whose most frequent answer covers at least
+    90% of the questions (the accuracy is then mostly the base rate of that answer).
+    """
+    cells: dict[tuple[str, str, int], dict[str, Mapping[str, Any]]] = {}
+    for r in records:
+        if r["status"] == "ok":
+            cells.setdefault((r["model"], r["task"], r["k"]), {})[r["scoring"]] = r
+
+    def cell(r: Mapping[str, Any] | None, norm: bool = False) -> str:
+        if r is None:
+            return "—"
+        if norm:
+            return format_accuracy(r["accuracy_norm"], r["ci_norm"])
+        flag = "*" if r["top_share"] >= ONE_ANSWER else ""
+        return format_accuracy(r["accuracy"], r["ci"]) + flag
+
+    lines = [
+        "| model | task | k | n | chance % | letters | loglik acc | loglik acc_norm | generate |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (model, task, k), by in sorted(cells.items()):
+        first = next(iter(by.values()))
+        lines.append(
+            f"| {model} | {task} | {k} | {first['n']} | {_pct(first['chance'])} "
+            f"| {cell(by.get('letters'))} | {cell(by.get('loglik'))} "
+            f"| {cell(by.get('loglik'), norm=True)} | {cell(by.get('generate'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # -- the grid -----------------------------------------------------------------------------
 
 
@@ -487,6 +524,7 @@ def run(args: argparse.Namespace, load: Loader = _load_model) -> int:
             append_record(results_path, record)
             done[cell.key] = record
             write_text_atomic(table_path, format_table(done.values(), settings, failed))
+            write_text_atomic(out / WIDE_TABLE, wide_table(done.values()))
             if record["status"] == "ok":
                 tqdm.write(
                     f"{cell.label()}: acc {format_accuracy(record['accuracy'], record['ci'])}, "
