@@ -254,13 +254,14 @@ def _search(
         local.start()
     searcher = plan.searcher
     chance = chance_level(plan.task, plan.splits.optimization)
-    reported = [1]  # accepted configurations whose test is logged (the baseline needs none)
+    reported = 1  # accepted configurations whose test is logged (the baseline needs none)
 
     def report_accepted(trajectory: Sequence[Observation]) -> None:
         # Each newly accepted round against the baseline, on the examples both were scored on.
-        for test in round_tests(trajectory)[reported[0] - 1 :]:
+        nonlocal reported
+        for test in round_tests(trajectory)[reported - 1 :]:
             log.info("optimization split, %s", round_sentence(test))
-        reported[0] = max(reported[0], len(trajectory))
+        reported = max(reported, len(trajectory))
 
     def record(obs: Observation, trial: Any) -> None:
         log.info(
