@@ -36,7 +36,7 @@ def test_one_shot_searchers_end_with_n_drop_layers(tiny_model_dir, tmp_path, sea
     )  # fmt: skip
     assert summary["searcher"] == searcher and summary["probe"] == probe
     assert summary["score_probe"] == "task_accuracy"  # ranked by the probe, scored by accuracy
-    assert "| opt acc % |" in (tmp_path / "run" / "summary.md").read_text()
+    assert "| opt acc % [95% CI] |" in (tmp_path / "run" / "summary.md").read_text()
     assert [len(step["drop_layers"]) for step in summary["trajectory"]] == [0, 1, 2]
     assert summary["stop_reason"] == "n_drop_reached"
     assert len(summary["final"]["drop_layers"]) == 2
