@@ -45,7 +45,13 @@ from tale_opt.search_setup import (
     study_config,
 )
 from tale_opt.search_tracking import SearchTracking
-from tale_opt.significance import chance_level, noise_warnings, round_sentence, round_tests
+from tale_opt.significance import (
+    chance_level,
+    noise_warnings,
+    round_sentence,
+    round_tests,
+    task_fewshot,
+)
 from tale_opt.stats import accuracy_interval, format_accuracy
 from tale_opt.types import TASK_ACCURACY, Observation, SearchResult
 
@@ -278,7 +284,7 @@ def _search(
         tracking.log_configuration(obs)
         if not obs.drop and obs.candidate.probe == TASK_ACCURACY and obs.complete:
             writer.write_predictions("optimization_baseline", obs.extras.get("predictions", []))
-            _log_baseline(obs.metrics, chance, plan.cfg["eval"].get("scoring"))
+            _log_baseline(obs.metrics, chance, plan.cfg["eval"].get("scoring"), plan.task)
         state = getattr(searcher, "state", None)
         if state is not None:
             writer.write_accepted(state.trajectory, getattr(searcher, "threshold", None))
@@ -307,7 +313,9 @@ def _search(
     return result
 
 
-def _log_baseline(metrics: Mapping[str, Any], chance: float | None, scoring: Any) -> None:
+def _log_baseline(
+    metrics: Mapping[str, Any], chance: float | None, scoring: Any, task: Any
+) -> None:
     """The baseline with its interval and chance level, as soon as it is known: a search on a
     model that only guesses is better stopped now than read later."""
     level = "-" if chance is None else f"{100 * chance:.1f}%"
@@ -315,7 +323,8 @@ def _log_baseline(metrics: Mapping[str, Any], chance: float | None, scoring: Any
         "baseline: %s on the optimization split (95%% interval), chance level %s",
         format_accuracy(metrics.get("accuracy"), accuracy_interval(metrics), "%"), level,
     )  # fmt: skip
-    for warning in noise_warnings([("optimization", metrics, chance)], scoring):
+    fewshot = task_fewshot(task)
+    for warning in noise_warnings([("optimization", metrics, chance)], scoring, fewshot):
         log.warning("%s", warning)
 
 

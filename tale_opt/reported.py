@@ -20,6 +20,7 @@ from tale_opt.significance import (
     heldout_warnings,
     noise_warnings,
     round_tests,
+    task_fewshot,
 )
 from tale_opt.stats import ALPHA, CONFIDENCE
 from tale_opt.types import TASK_ACCURACY, DropSet, Observation, SearchResult
@@ -125,6 +126,7 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
             ("held-out", heldout.get("baseline"), chance["heldout"]),
         ],
         scoring,
+        task_fewshot(task),
     ) + heldout_warnings(heldout, len(splits.optimization))  # fmt: skip
     return {
         "model": cfg["model"].get("name", cfg["model"].get("path")),

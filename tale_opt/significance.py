@@ -43,6 +43,12 @@ def chance_level(task: Any, examples: Sequence[Any]) -> float | None:
     return stats.chance_accuracy(counts)
 
 
+def task_fewshot(task: Any) -> int:
+    """How many demonstrations the task shows before each question (0: zero-shot)."""
+    spec = getattr(task, "fewshot", None)
+    return int(getattr(spec, "k", 0) or 0)
+
+
 def answer_profile(task: Any, result: EvalResult, examples: Sequence[Any]) -> dict[str, Any]:
     """The most frequent answer of an evaluation and its share: a model that answers "A" to
     most questions scores the share of "A" golds, whatever it knows. Labels are shown as the
@@ -114,6 +120,7 @@ def round_sentence(test: Mapping[str, Any]) -> str:
 def noise_warnings(
     baselines: Sequence[tuple[str, Mapping[str, Any] | None, float | None]],
     scoring: str | None,
+    fewshot: int = 0,
 ) -> list[str]:
     """Warnings for each split (name, Baseline metrics, chance level) on which the baseline is
     not clearly above chance: its 95% interval contains chance level or lies below it.
@@ -129,12 +136,14 @@ def noise_warnings(
             continue
         accuracy = (metrics or {}).get("accuracy")
         where = "contains" if interval[1] >= chance else "lies below"
-        other = "eval.scoring=loglik, " if scoring != "loglik" else ""
+        tries = ["eval.scoring=loglik"] if scoring != "loglik" else []
+        tries += ["few-shot prompts (task.fewshot.k=5)"] if not fewshot else []
+        tries += ["another task or model", "a larger n_opt"]
         warnings.append(
             f"the baseline's {split} accuracy {stats.format_accuracy(accuracy, interval, '%')} "
             f"{where} chance level ({100 * chance:.1f}%): the model cannot be told apart from "
             "guessing with this task, prompt and scoring, so the search ranks noise; try "
-            f"{other}few-shot prompts (task.fewshot.k=5), another task or model, or a larger n_opt"
+            f"{', '.join(tries[:-1])} or {tries[-1]}"
         )
     return warnings
 
@@ -170,4 +179,5 @@ __all__ = [
     "outcomes",
     "round_sentence",
     "round_tests",
+    "task_fewshot",
 ]

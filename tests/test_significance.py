@@ -83,6 +83,11 @@ def test_chance_warning_fires_on_the_old_letters_default() -> None:
     )
     assert "lies below chance level" in warnings[1]
     assert all("eval.scoring=loglik" in w and "ranks noise" in w for w in warnings)
+    assert all("task.fewshot.k=5" in w for w in warnings)
+    # Suggestions already in use are not made again.
+    (again,) = sig.noise_warnings([("held-out", counts(34, 200), 0.25)], "loglik", fewshot=5)
+    assert "eval.scoring" not in again and "fewshot" not in again
+    assert again.endswith("try another task or model or a larger n_opt")
 
 
 def test_no_chance_warning_when_the_baseline_is_clearly_above_chance() -> None:
