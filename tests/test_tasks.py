@@ -427,8 +427,15 @@ def test_arc_easy_cloze_is_arc_easy_scored_like_lm_eval(tmp_path: Path) -> None:
     example = load_splits(cfg["task"], seed=0).optimization[0]
     same = load_splits(task_cfg("arc_easy"), seed=0).optimization[0]
     assert example.id == same.id
-    assert cloze.messages(example) == [
-        {"role": "user", "content": f"Question: {example.fields['question']}"}
+    # Five demonstrations (the default k), each answered with its option's text, then the
+    # question alone.
+    messages = cloze.messages(example)
+    assert len(example.demos) == 5 and len(messages) == 2 * 5 + 1
+    assert messages[-1] == {"role": "user", "content": f"Question: {example.fields['question']}"}
+    demo = example.demos[0]
+    assert messages[:2] == [
+        {"role": "user", "content": f"Question: {demo.fields['question']}"},
+        {"role": "assistant", "content": demo.choices[demo.answer_index]},
     ]
     assert cloze.target(example) == example.choices[example.answer_index]
     assert arc.target(example) == "ABCDE"[example.answer_index]
