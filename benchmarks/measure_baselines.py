@@ -60,12 +60,8 @@ from tale_opt.search_setup import (  # noqa: E402
     prediction_rows,
     study_config,
 )
-from tale_opt.stats import (  # noqa: E402
-    chance_accuracy,
-    format_accuracy,
-    majority_share,
-    wilson_interval,
-)
+from tale_opt.significance import answer_profile, chance_level  # noqa: E402
+from tale_opt.stats import format_accuracy, wilson_interval  # noqa: E402
 
 CONF_DIR = ROOT / "conf"
 RESULTS, TABLE, PREDICTIONS = "baselines.jsonl", "baselines.md", "predictions"
@@ -73,7 +69,6 @@ WIDE_TABLE = "baselines_wide.md"  # one row per model × task × k (the README's
 DEFAULT_TASKS = "arc_easy,arc_challenge,boolq,commonsense_qa,winogrande,mmlu,boolean_expressions"
 # Generative answers drawn from a fixed set (answer parser -> number of possible answers);
 # other generative answers (numbers, LaTeX) are free-form and have no chance level.
-FIXED_ANSWER_SETS = {"boolean": 2}
 
 Loader = Callable[[Any], tuple[Any, Any]]  # ModelSpec -> (model, tokenizer)
 
@@ -218,24 +213,6 @@ def compose_configs(cells: Sequence[Cell], args: argparse.Namespace) -> dict[tup
 # -- one cell -----------------------------------------------------------------------------
 
 
-def option_count(task: Any, example: Any) -> int:
-    """How many answers a uniform guess picks from (0: free-form, no chance level)."""
-    if example.choices:
-        return len(example.choices)
-    parser = getattr(task, "parser", None)
-    return FIXED_ANSWER_SETS.get(getattr(parser, "name", None), 0)
-
-
-def shown_prediction(task: Any, example: Any, prediction: Any) -> str:
-    """A prediction as people read it: the option's label (A, B, ...) for multiple choice."""
-    if prediction is None:
-        return "invalid"
-    labels = task.labels(example)
-    if isinstance(prediction, int) and 0 <= prediction < len(labels):
-        return str(labels[prediction])
-    return str(prediction)
-
-
 def _points(low: float | None, chance: float | None) -> float | None:
     if low is None or chance is None:
         return None
@@ -263,14 +240,12 @@ def measure_cell(
     res = evaluator.evaluate(prepared, progress=cell.label())
     n = res.n_examples
     ci = wilson_interval(res.n_correct, n)
-    chance = chance_accuracy(option_count(task, ex) for ex in examples)
+    chance = chance_level(task, examples)
     norm_ci = None
     if res.accuracy_norm is not None:
         norm_ci = wilson_interval(round(res.accuracy_norm * n), n)
-    top, share = majority_share(
-        shown_prediction(task, ex, p.prediction)
-        for ex, p in zip(examples, res.predictions, strict=True)
-    )
+    profile = answer_profile(task, res, examples)
+    top, share = profile["top_answer"], profile["top_answer_share"]
     record = {
         "status": "ok",
         **_cell_fields(cell, config),

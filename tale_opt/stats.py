@@ -207,10 +207,6 @@ def accuracy_interval(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
     return wilson_interval(int(correct), int(n))
 
 
-def interval_contains(interval: tuple[float, float], value: float) -> bool:
-    return interval[0] <= value <= interval[1]
-
-
 def format_p(p: float) -> str:
     """``p = 0.077``, ``p < 0.001``, ``p = 1.00``: as people write p-values."""
     if p < 0.001:
@@ -244,7 +240,6 @@ __all__ = [
     "chance_accuracy",
     "format_accuracy",
     "format_p",
-    "interval_contains",
     "majority_share",
     "mcnemar_exact",
     "paired_comparison",
