@@ -51,8 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tale_opt.errors import UsageError  # noqa: E402
-from tale_opt.outputs import write_text_atomic  # noqa: E402
-from tale_opt.search_setup import (  # noqa: E402
+from tale_opt.pipeline.candidates import (  # noqa: E402
     build_evaluator,
     check_eval_options,
     load_task_and_splits,
@@ -60,7 +59,8 @@ from tale_opt.search_setup import (  # noqa: E402
     prediction_rows,
     study_config,
 )
-from tale_opt.significance import answer_profile, chance_level  # noqa: E402
+from tale_opt.pipeline.outputs import write_text_atomic  # noqa: E402
+from tale_opt.pipeline.significance import answer_profile, chance_level  # noqa: E402
 from tale_opt.stats import format_accuracy, wilson_interval  # noqa: E402
 
 CONF_DIR = ROOT / "conf"
@@ -175,7 +175,7 @@ def check_names(cells: Sequence[Cell]) -> None:
     Raises:
         UsageError: An unknown name.
     """
-    from tale_opt.cli import check_group_choices
+    from tale_opt.commands.search import check_group_choices
     from tale_opt.evaluation.evaluator import SCORING_MODES
 
     unknown = sorted({c.scoring for c in cells} - SCORING_MODES)

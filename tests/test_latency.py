@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tale_opt.bench_cli import main as bench_main
+from tale_opt.commands.bench import main as bench_main
 from tale_opt.cost.latency import LatencySettings, measure_latency, speedups
 from tale_opt.model.export import export_pruned
 from tale_opt.model.surgery import num_decoder_layers

@@ -272,7 +272,7 @@ def test_the_cache_budget_reaches_workers_but_not_the_study_fingerprint():
     from types import SimpleNamespace
 
     from tale_opt.errors import UsageError
-    from tale_opt.search_setup import check_eval_options, search_fingerprint, study_config
+    from tale_opt.pipeline.candidates import check_eval_options, search_fingerprint, study_config
 
     def config(budget: float) -> dict[str, Any]:
         eval_cfg = {"scoring": "letters", "batch_size": 8, "max_new_tokens": 1}

@@ -345,8 +345,8 @@ def test_every_shipped_searcher_config_binds_to_its_constructor(choice):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from tale_opt.app import build_searcher
-    from tale_opt.cli import CONF_DIR
+    from tale_opt.commands.search import CONF_DIR
+    from tale_opt.pipeline.run import build_searcher
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"searcher={choice}", "n_drop=3"])

@@ -181,7 +181,7 @@ def test_tracking_none_records_nothing():
 
 def test_importing_tracking_and_the_report_cli_does_not_import_mlflow():
     code = (
-        "import sys, tale_opt.tracking, tale_opt.report_cli, tale_opt.bench_cli;"
+        "import sys, tale_opt.tracking, tale_opt.commands.report, tale_opt.commands.bench;"
         "bad = [m for m in ('mlflow', 'torch') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

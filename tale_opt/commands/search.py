@@ -16,14 +16,14 @@ from pathlib import Path
 
 from tale_opt.errors import SearchFailed, UsageError, did_you_mean
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("model", "task", "searcher", "eval", "storage", "tracking", "experiment")
 EXIT_USAGE = 2
 # argparse subcommands: name -> module with `main(argv)`.
 SUBCOMMANDS = {
-    "export": "tale_opt.export_cli",
-    "bench": "tale_opt.bench_cli",
-    "report": "tale_opt.report_cli",
+    "export": "tale_opt.commands.export",
+    "bench": "tale_opt.commands.bench",
+    "report": "tale_opt.commands.report",
 }
 
 
@@ -107,7 +107,7 @@ def _search(cfg) -> None:  # the Hydra task function
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-        from tale_opt import app
+        from tale_opt.pipeline import run as app
 
         app.run(container, out_dir, launch_dir=get_original_cwd())
     except (UsageError, SearchFailed) as err:
@@ -140,7 +140,7 @@ def _worker(argv: Sequence[str]) -> None:
                 f"{first} -- keys: storage=..., study, idle_timeout, device, model_path, threads"
             ) from err
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-        from tale_opt import worker_main
+        from tale_opt.pipeline import worker as worker_main
 
         worker_main.run(
             container["storage"],

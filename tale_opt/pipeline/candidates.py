@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tale_opt.errors import UsageError, did_you_mean
-from tale_opt.significance import CORRECT, correct_bits
+from tale_opt.pipeline.significance import CORRECT, correct_bits
 from tale_opt.types import (
     PROBES,
     TASK_ACCURACY,
@@ -67,7 +67,7 @@ def probe_config(searcher_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     Both come from the searcher as built from its config node (class defaults included: SLEB
     reads LAMBADA unless told otherwise). A node the searcher refuses falls back to its raw
-    keys; `tale_opt.app.build_searcher` reports the bad option.
+    keys; `tale_opt.pipeline.run.build_searcher` reports the bad option.
 
     Raises:
         UsageError: An invalid ``text`` spec.

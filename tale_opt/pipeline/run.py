@@ -19,22 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import searchers
-from tale_opt import worker_main
 from tale_opt.coordination.coordinator import run_coordinator
 from tale_opt.coordination.local_workers import LocalWorkers
 from tale_opt.coordination.storage import StorageConfig, open_storage
 from tale_opt.coordination.study import default_study_name, open_study
 from tale_opt.errors import UsageError, did_you_mean
-from tale_opt.outputs import RunWriter, write_text_atomic
-from tale_opt.report import format_summary_table
-from tale_opt.reported import (
-    accepted_costs,
-    build_summary,
-    evaluate_heldout,
-    pick_configurations,
-)
-from tale_opt.reporting.plots import write_search_plots
-from tale_opt.search_setup import (
+from tale_opt.pipeline import worker as worker_main
+from tale_opt.pipeline.candidates import (
     CandidateEvaluator,
     build_evaluator,
     check_eval_options,
@@ -44,14 +35,23 @@ from tale_opt.search_setup import (
     search_fingerprint,
     study_config,
 )
-from tale_opt.search_tracking import SearchTracking
-from tale_opt.significance import (
+from tale_opt.pipeline.outputs import RunWriter, write_text_atomic
+from tale_opt.pipeline.significance import (
     chance_level,
     noise_warnings,
     round_sentence,
     round_tests,
     task_fewshot,
 )
+from tale_opt.pipeline.summary import (
+    accepted_costs,
+    build_summary,
+    evaluate_heldout,
+    pick_configurations,
+)
+from tale_opt.pipeline.summary_table import format_summary_table
+from tale_opt.pipeline.tracking import SearchTracking
+from tale_opt.reporting.plots import write_search_plots
 from tale_opt.stats import accuracy_interval, format_accuracy
 from tale_opt.types import TASK_ACCURACY, Observation, SearchResult
 

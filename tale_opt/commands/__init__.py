@@ -1,0 +1,1 @@
+"""The command line: `python -m tale_opt <subcommand>`, one module per subcommand."""
