@@ -63,7 +63,7 @@ from tale_opt.pipeline.outputs import write_text_atomic  # noqa: E402
 from tale_opt.pipeline.significance import answer_profile, chance_level  # noqa: E402
 from tale_opt.stats import format_accuracy, wilson_interval  # noqa: E402
 
-CONF_DIR = ROOT / "conf"
+CONF_DIR = ROOT / "tale_opt" / "conf"
 RESULTS, TABLE, PREDICTIONS = "baselines.jsonl", "baselines.md", "predictions"
 WIDE_TABLE = "baselines_wide.md"  # one row per model × task × k (the README's view)
 DEFAULT_TASKS = "arc_easy,arc_challenge,boolq,commonsense_qa,winogrande,mmlu,boolean_expressions"

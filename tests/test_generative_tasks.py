@@ -22,7 +22,7 @@ from tale_opt.tasks.filters import build_filter, premises, sentences  # noqa: E4
 from tale_opt.tasks.generative import GenerativeTask  # noqa: E402
 from tale_opt.tasks.registry import build_task, load_pools, load_splits  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "tale_opt" / "conf"
 GENERATIVE = {
     # name -> (pool size after filtering, n_opt, n_eval, max_new_tokens)
     "gsm8k": (1319, 16, 64, 256),

@@ -19,7 +19,7 @@ from tale_opt.tasks.base import Example  # noqa: E402
 from tale_opt.tasks.registry import build_task, load_pools, load_splits  # noqa: E402
 from tale_opt.tasks.splits import build_splits  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "tale_opt" / "conf"
 
 
 def task_cfg(name: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from tale_opt.tasks.multiple_choice import MultipleChoiceTask  # noqa: E402
 from tale_opt.tasks.registry import build_task, load_pools, load_splits  # noqa: E402
 from tale_opt.tasks.sources import load_rows  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "tale_opt" / "conf"
 TASKS = ("arc_easy", "arc_challenge", "boolq", "commonsense_qa", "winogrande", "mmlu")
 
 

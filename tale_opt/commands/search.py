@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tale_opt.errors import SearchFailed, UsageError, did_you_mean
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "task", "searcher", "eval", "storage", "tracking", "experiment")
 EXIT_USAGE = 2
 # argparse subcommands: name -> module with `main(argv)`.
