@@ -87,11 +87,11 @@ def test_generative_task_composes_through_hydra_and_sets_eval_defaults(
 
 
 def test_math500_integer_variant_is_the_papers_format() -> None:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["task=math500_integer"])
+    from tale_opt.commands.config import compose
+
+    cfg = compose(["task=math500_integer"])
     task = build_task(OmegaConf.to_container(cfg.task, resolve=True))
     assert task.parse("step 1 ...\n#### -7", Example("x", {})) == "-7"
     assert task.parse("so \\boxed{7}", Example("x", {})) is None  # only '#### N' counts

@@ -69,11 +69,12 @@ def test_speedups_are_ratios_against_the_baseline(tiny_model):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(batch_sizes=()), "batch sizes"),
-        (dict(batch_sizes=(0,)), "batch sizes"),
-        (dict(new_tokens=0), "new_tokens >= 1"),
-        (dict(repeats=0), "repeats >= 1"),
-        (dict(warmup=-1), "warmup >= 0"),
+        (dict(batch_sizes=()), "latency.batch_sizes must list at least one"),
+        (dict(batch_sizes=(0,)), r"latency.batch_sizes\[\] must be an integer >= 1"),
+        (dict(new_tokens=0), "latency.new_tokens must be an integer >= 1"),
+        (dict(repeats=0), "latency.repeats must be an integer >= 1"),
+        (dict(warmup=-1), "latency.warmup must be an integer >= 0"),
+        (dict(prompt_tokens="64"), "latency.prompt_tokens must be an integer >= 1, but got '64'"),
     ],
 )
 def test_latency_settings_are_validated(options, message):
@@ -83,7 +84,7 @@ def test_latency_settings_are_validated(options, message):
 
 def test_latency_settings_from_a_config_node():
     assert LatencySettings.from_mapping({"batch_sizes": [1, 4]}).batch_sizes == (1, 4)
-    with pytest.raises(ValueError, match="unknown latency option"):
+    with pytest.raises(ValueError, match="latency has no option 'batch'"):
         LatencySettings.from_mapping({"batch": 4})
 
 

@@ -407,13 +407,11 @@ def _literal(text: str) -> str:
 
 
 def compose_task(name: str, tmp_path: Path) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    shutil.copytree(CONF, tmp_path / "conf")
-    with initialize_config_dir(config_dir=str(tmp_path / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"task={name}"])
-    return OmegaConf.to_container(cfg, resolve=True)
+    from tale_opt.commands.config import compose
+
+    return OmegaConf.to_container(compose([f"task={name}"]), resolve=True)
 
 
 def test_arc_easy_cloze_is_arc_easy_scored_like_lm_eval(tmp_path: Path) -> None:

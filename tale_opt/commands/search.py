@@ -1,11 +1,11 @@
-"""Command line: `python -m tale_opt [overrides]`, and the subcommands `worker`, `export`,
-`bench` and `report`.
+"""`python -m tale_opt [overrides]`: one search (or a sweep with ``-m``), a Hydra app over
+the config groups in tale_opt/conf/ (model, task, searcher, eval, storage, tracking,
+experiment) and any config directory of the user's (``--config-dir``, ``hydra.searchpath``).
 
-The search command is a Hydra app over the groups in conf/ (model, task, searcher, eval,
-storage, tracking, experiment). `worker` composes conf/worker.yaml (storage group + study
-name) and joins a running search. Bad input -- an unknown group choice or key, a missing
-path, a malformed data file, an invalid value -- prints one `error:` line naming the problem
-and the fix and exits with code 2; `debug=true` shows the traceback instead.
+Before Hydra runs, the command line is checked against Hydra's own config repository: an
+unknown group option (also inside a sweep's comma list) or key, or a value of the wrong type,
+is one `error:` line with a suggestion instead of Hydra's multi-line report (or, in a sweep,
+a failure at job N).
 """
 
 from __future__ import annotations
@@ -13,92 +13,48 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from tale_opt.errors import SearchFailed, UsageError, did_you_mean
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("model", "task", "searcher", "eval", "storage", "tracking", "experiment")
-EXIT_USAGE = 2
-# argparse subcommands: name -> module with `main(argv)`.
-SUBCOMMANDS = {
-    "export": "tale_opt.commands.export",
-    "bench": "tale_opt.commands.bench",
-    "report": "tale_opt.commands.report",
-}
+from tale_opt.commands import fail, is_debug
+from tale_opt.commands.config import (
+    CONF_DIR,
+    check_group_choices,
+    compose,
+    source_from,
+)
+from tale_opt.errors import SearchFailed, UsageError
 
 
-def _fail(err: BaseException, debug: bool) -> None:
-    if debug:
-        raise err
-    print(f"error: {err}", file=sys.stderr)
-    # Bad input is 2; a search that failed while running (SearchFailed) is 1.
-    sys.exit(EXIT_USAGE if isinstance(err, UsageError) else 1)
-
-
-def group_choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
-
-
-def check_group_choices(overrides: Sequence[str]) -> None:
-    """Reject unknown group options (also inside multirun comma lists) with a suggestion."""
-    for arg in overrides:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key, _, value = arg.lstrip("+").partition("=")
-        if key not in GROUPS or value in ("", "null"):
-            continue
-        available = group_choices(key)
-        for choice in value.split(","):
-            choice = choice.strip()
-            if choice and choice not in available:
-                raise UsageError(f"unknown {key} '{choice}'.{did_you_mean(choice, available)}")
-
-
-def check_composition(overrides: Sequence[str]) -> None:
-    """Compose the config once up front so unknown keys fail fast with a one-line error."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    plain = [a for a in overrides if not a.startswith("-") and not a.startswith("hydra")]
+def main(argv: Sequence[str]) -> None:
+    argv = list(argv)
+    debug = is_debug(argv)
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose(config_name="config", overrides=plain)
-    except (HydraException, OmegaConfBaseException) as err:
-        first = str(err).strip().splitlines()[0]
-        raise UsageError(
-            f"{first} -- run `python -m tale_opt --cfg job` to see the keys you can set"
-        ) from err
-
-
-def _is_debug(argv: Sequence[str]) -> bool:
-    return any(a.lower() in ("debug=true", "debug=1", "+debug=true") for a in argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        import importlib
-
-        importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
-        return
-    if argv and argv[0] == "worker":
-        _worker(argv[1:])
-        return
-    debug = _is_debug(argv)
-    try:
-        check_group_choices(argv)
-        multirun = any(a in ("-m", "--multirun") for a in argv)
-        special = any(a.startswith("--") and a != "--multirun" for a in argv)
-        if not multirun and not special:
-            check_composition(argv)
+        precheck(argv)
     except UsageError as err:
-        _fail(err, debug)
+        fail(err, debug)
     sys.argv = [sys.argv[0], *argv]
     _hydra_entry()
 
 
-def _search(cfg) -> None:  # the Hydra task function
+def precheck(argv: Sequence[str]) -> None:
+    """Group choices (always) and composition (for a single run) of the command line.
+
+    Raises:
+        UsageError: What Hydra would refuse, on one line.
+    """
+    from hydra._internal.utils import get_args_parser  # Hydra's own flags, parsed its way
+
+    args = get_args_parser().parse_args(list(argv))
+    if args.config_path is not None:  # another primary config directory: Hydra's to check
+        return
+    source = source_from(args.overrides, args.config_dir, args.config_name)
+    check_group_choices(args.overrides, source)
+    shows = args.cfg or args.help or args.hydra_help or args.info or args.shell_completion
+    if not args.multirun and not shows:
+        compose(args.overrides, source)
+
+
+def _search(cfg: Any) -> None:  # the Hydra task function
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd
     from omegaconf import OmegaConf
@@ -107,54 +63,17 @@ def _search(cfg) -> None:  # the Hydra task function
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-        from tale_opt.pipeline import run as app
+        from tale_opt.pipeline import run
 
-        app.run(container, out_dir, launch_dir=get_original_cwd())
+        run.run(container, out_dir, launch_dir=get_original_cwd())
     except (UsageError, SearchFailed) as err:
-        _fail(err, debug)
-
-
-def _worker(argv: Sequence[str]) -> None:
-    """`python -m tale_opt worker storage=postgres study=NAME [idle_timeout=600 device=cuda:1]`."""
-    import logging
-
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
-
-    debug = _is_debug(argv)
-    try:
-        check_group_choices(argv)
-        try:
-            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-                cfg = compose(config_name="worker", overrides=list(argv))
-            container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        except MissingMandatoryValue as err:
-            raise UsageError(
-                "the worker needs the study to join: study=NAME (the coordinator prints it)"
-            ) from err
-        except (HydraException, OmegaConfBaseException) as err:
-            first = str(err).strip().splitlines()[0]
-            raise UsageError(
-                f"{first} -- keys: storage=..., study, idle_timeout, device, model_path, threads"
-            ) from err
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-        from tale_opt.pipeline import worker as worker_main
-
-        worker_main.run(
-            container["storage"],
-            str(container["study"]),
-            idle_timeout=container.get("idle_timeout"),
-            device=container.get("device"),
-            model_path=container.get("model_path"),
-            threads=container.get("threads"),
-        )
-    except (UsageError, SearchFailed) as err:
-        _fail(err, debug)
+        fail(err, debug)
 
 
 def _hydra_entry() -> None:
     import hydra
 
+    from tale_opt.commands.schema import register_schemas
+
+    register_schemas()
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_search)()

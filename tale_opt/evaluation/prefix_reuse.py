@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from tale_opt import validate
 from tale_opt.evaluation.evaluator import Evaluator, PreparedSplit
 from tale_opt.evaluation.prefix import PREFIX_SCORING, PrefixCache
 from tale_opt.evaluation.results import EvalResult
@@ -41,8 +42,7 @@ class PrefixReuse:
     """
 
     def __init__(self, evaluator: Evaluator, prepared: PreparedSplit, budget_gb: float) -> None:
-        if isinstance(budget_gb, bool) or not isinstance(budget_gb, int | float) or budget_gb < 0:
-            raise ValueError(f"`prefix_cache_gb >= 0` must hold, but got {budget_gb!r}")
+        validate.number(budget_gb, "eval.prefix_cache_gb", minimum=0)
         self.evaluator = evaluator
         self.prepared = prepared
         self.budget_gb = float(budget_gb)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from tale_opt import validate
 from tale_opt.errors import UsageError, did_you_mean
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -67,12 +68,9 @@ class TrackingSettings:
                 f"tracking.experiment must be a non-empty name, but got {self.experiment!r}"
             )
         for name in ("http_timeout", "http_max_retries", "connect_timeout", "max_failures"):
-            value = getattr(self, name)
             minimum = 0 if name == "http_max_retries" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise UsageError(
-                    f"`tracking.{name} >= {minimum}` must hold, but got {name}={value!r}"
-                )
+            validate.integer(getattr(self, name), f"tracking.{name}", minimum=minimum)
+        validate.boolean(self.log_artifacts, "tracking.log_artifacts")
 
     @classmethod
     def from_mapping(cls, node: Mapping[str, Any] | None) -> TrackingSettings:
