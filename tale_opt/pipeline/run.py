@@ -18,7 +18,7 @@ from typing import Any
 
 from tale_opt.coordination.coordinator import run_coordinator
 from tale_opt.coordination.local_workers import LocalWorkers
-from tale_opt.pipeline import worker as worker_main
+from tale_opt.pipeline import worker
 from tale_opt.pipeline.candidates import CandidateEvaluator, build_evaluator, early_stop_option
 from tale_opt.pipeline.outputs import RunWriter, write_text_atomic
 from tale_opt.pipeline.plan import SearchPlan, plan_search
@@ -120,7 +120,7 @@ def _search(
     if plan.workers > 0:
         local = LocalWorkers(
             plan.workers,
-            worker_main.spawned,
+            worker.spawned,
             {
                 "storage": plan.storage.as_dict(),
                 "study": plan.study.study_name,
