@@ -31,7 +31,7 @@ class RoundState:
 
     round: int  # 0 = baseline, k = choosing the k-th layer to drop
     current: DropSet
-    pending: tuple[Candidate, ...]  # this round's candidates that have no observation yet
+    pending: tuple[Candidate, ...]  # this round's unsettled: unseen, or pruned and not outranked
     trajectory: tuple[Observation, ...]  # accepted configurations, baseline first
     stop_reason: str | None
     incumbent: Observation | None  # best complete observation of the current round so far
