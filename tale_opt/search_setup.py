@@ -84,7 +84,7 @@ def probe_config(searcher_cfg: Mapping[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError):
             built = None
         if built is not None:
-            probe, text = built.probe, getattr(built, "text", text)
+            probe, text = built.probe, built.text
     if probe not in TEXT_PROBES:
         return {"probe": probe}
     try:

@@ -70,3 +70,13 @@ def test_model_tasks_and_evaluation_do_not_import_coordination_or_tracking(layer
             assert not name.startswith(("tale_opt.coordination", "tale_opt.tracking")), (
                 f"{path.relative_to(ROOT)} imports {name}"
             )
+
+
+@pytest.mark.parametrize("path", modules("tale_opt/coordination"), ids=lambda p: p.name)
+def test_coordination_knows_searchers_only_through_their_base(path):
+    # The early-stopping rule workers apply is the base's, not one concrete searcher's.
+    for name in imports_of(path):
+        if top(name) == "searchers":
+            assert name == "searchers.base", (
+                f"{path.relative_to(ROOT)} imports {name}; coordination uses searchers.base only"
+            )
