@@ -143,3 +143,13 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycle_inside_tale_opt():
     assert import_cycles(import_graph()) == []
+
+
+@pytest.mark.parametrize("path", modules("tale_opt/coordination"), ids=lambda p: p.name)
+def test_coordination_knows_searchers_only_through_their_base(path):
+    # The early-stopping rule workers apply is the base's, not one concrete searcher's.
+    for name in imports_of(path):
+        if top(name) == "searchers":
+            assert name == "searchers.base", (
+                f"{path.relative_to(ROOT)} imports {name}; coordination uses searchers.base only"
+            )

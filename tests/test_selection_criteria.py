@@ -12,6 +12,7 @@ from searchers.greedy_variants import SLEB, TalePerplexity
 from searchers.oneshot import N_DROP_REACHED, AngularDistance, BlockInfluence, PerplexityRanking
 from searchers.options import check_text
 from searchers.random_drop import RandomDrop
+from searchers.testing import SearcherContract, run_to_completion
 from tale_opt.types import (
     ANGULAR_DISTANCE,
     BLOCK_INFLUENCE,
@@ -23,7 +24,6 @@ from tale_opt.types import (
     angular_distance_key,
     block_influence_key,
 )
-from tests.searcher_contract import SearcherContract, run_to_completion
 
 # -- the contract, for every searcher and its main option combinations -------------------------
 

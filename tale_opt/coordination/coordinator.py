@@ -84,7 +84,7 @@ def run_coordinator(
     with storage_errors_as_search_failed():
         return _coordinate(
             study, searcher, evaluate, on_observation, poll_interval, lost_after, max_retry,
-            check_workers, early_stop and bool(getattr(searcher, "early_termination", False)),
+            check_workers, early_stop and searcher.early_termination,
         )  # fmt: skip
 
 

@@ -9,9 +9,10 @@ we mark that one `stray` and prune it without evaluating anything, so it is neve
 Exact early termination: when the coordinator marked a trial `prunable` and the evaluator can
 stop early (``supports_early_stop``, called as ``evaluate(candidate, can_still_win=...)``), the
 evaluation stops as soon as the candidate cannot beat the best completed rival of its round in
-the study (`searchers.greedy.can_still_win`; the rival is re-read at most every
-`INCUMBENT_REFRESH_S` seconds). The trial then ends PRUNED with the upper bound as its score
-and the rival in ``extras["bounded_by"]``; PRUNED is final, so it is never retried.
+the study (`searchers.base.Searcher.can_still_win`, the rule every searcher's rounds follow;
+the rival is re-read at most every `INCUMBENT_REFRESH_S` seconds). The trial then ends PRUNED
+with the upper bound as its score and the rival in ``extras["bounded_by"]``; PRUNED is final,
+so it is never retried.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
-from searchers.greedy import best_rival, can_still_win
+from searchers.base import Searcher
 from tale_opt.coordination import study as st
 from tale_opt.errors import SearchFailed
 from tale_opt.types import Candidate, DropSet, Observation, Status
@@ -145,7 +146,7 @@ def run_one(study: optuna.Study, evaluate: Evaluate, stats: WorkerStats | None =
 
 class Incumbent:
     """`can_still_win` of one candidate: against the best completed rival of its round in the
-    study (same probe and base, `searchers.greedy.best_rival`), read on the first call and
+    study (same probe and base, `Searcher.best_rival`), read on the first call and
     again at most every `refresh` seconds. A stale rival is a weaker one, so never wrong."""
 
     def __init__(
@@ -160,10 +161,10 @@ class Incumbent:
         if self._read_at is None or now - self._read_at >= self.refresh:
             self._read_at = now
             counts = st.completed_counts(self.study, self.candidate)
-            self.rival = best_rival(self.candidate.drop, counts)
+            self.rival = Searcher.best_rival(self.candidate.drop, counts)
         if self.rival is None:
             return True
-        return can_still_win(self.candidate.drop, max_correct, *self.rival)
+        return Searcher.can_still_win(self.candidate.drop, max_correct, *self.rival)
 
     def annotate(self, observation: Observation) -> Observation:
         """A pruned observation with the rival that bounded it in ``extras["bounded_by"]``."""

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from searchers.base import Searcher
 from tale_opt import validate
 from tale_opt.errors import UsageError, did_you_mean
 from tale_opt.pipeline.significance import CORRECT, correct_bits
@@ -66,15 +67,14 @@ def _eval_config(node: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def probe_config(searcher: Any) -> dict[str, Any]:
+def probe_config(searcher: Searcher) -> dict[str, Any]:
     """``probe``: the probe that ranks layers for this searcher; and, for probes that read text
     (perplexity, hidden states), ``text``: the normalized probe-text spec every worker reads.
 
     Raises:
         UsageError: An invalid ``text`` spec.
     """
-    probe = getattr(searcher, "probe", TASK_ACCURACY)
-    return _probe_entries(probe, getattr(searcher, "text", None))
+    return _probe_entries(searcher.probe, searcher.text)
 
 
 def _node_probe(node: Mapping[str, Any]) -> dict[str, Any]:

@@ -133,7 +133,7 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
         "model_path": cfg["model"].get("path"),
         "task": task.name,
         "searcher": cfg["searcher"].get("name"),
-        "probe": getattr(plan.searcher, "probe", "task_accuracy"),  # what ranks the layers
+        "probe": plan.searcher.probe,  # what ranks the layers
         # What every `score` below is (one-shot searchers rank by a probe, then score accuracy).
         "score_probe": result.baseline.candidate.probe,
         "scoring": scoring,
