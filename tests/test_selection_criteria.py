@@ -1,4 +1,4 @@
-"""The other selection criteria (issue 7): SLEB, TALE on perplexity, one-shot perplexity,
+"""The other selection criteria: SLEB, TALE on perplexity, one-shot perplexity,
 Block Influence (cosine), angular distance and the random control. Each inherits the searcher
 contract; known-answer tests drive them with explicit score tables."""
 
