@@ -69,12 +69,12 @@ def test_speedups_are_ratios_against_the_baseline(tiny_model):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(batch_sizes=()), "latency.batch_sizes must list at least one"),
-        (dict(batch_sizes=(0,)), r"latency.batch_sizes\[\] must be an integer >= 1"),
-        (dict(new_tokens=0), "latency.new_tokens must be an integer >= 1"),
-        (dict(repeats=0), "latency.repeats must be an integer >= 1"),
-        (dict(warmup=-1), "latency.warmup must be an integer >= 0"),
-        (dict(prompt_tokens="64"), "latency.prompt_tokens must be an integer >= 1, but got '64'"),
+        (dict(batch_sizes=()), "batch_sizes must list at least one"),
+        (dict(batch_sizes=(0,)), r"batch_sizes\[\] must be an integer >= 1"),
+        (dict(new_tokens=0), "new_tokens must be an integer >= 1"),
+        (dict(repeats=0), "repeats must be an integer >= 1"),
+        (dict(warmup=-1), "warmup must be an integer >= 0"),
+        (dict(prompt_tokens="64"), "prompt_tokens must be an integer >= 1, but got '64'"),
     ],
 )
 def test_latency_settings_are_validated(options, message):
@@ -159,7 +159,7 @@ def test_bench_takes_the_baseline_from_the_checkpoint_metadata(tiny_dirs, capsys
     [
         ([], "give --model"),
         (["--model", "MODEL", "--batch-sizes", "1,x"], "--batch-sizes must be integers"),
-        (["--model", "MODEL", "--new-tokens", "0"], "new_tokens >= 1"),
+        (["--model", "MODEL", "--new-tokens", "0"], "new_tokens must be an integer >= 1"),
         (["--model", "MODEL", "--drop", "1,99"], "out of range"),
         (["--model", "MODEL", "--drop", "a"], "--drop"),
         (["--checkpoint", "MODEL"], "pass the baseline with --model"),  # no export metadata

@@ -159,7 +159,7 @@ def test_relative_sqlite_uris_resolve_against_the_launch_directory(tmp_path):
     [
         ({"kind": "mlfow"}, "Did you mean 'mlflow'"),
         ({"uri": ""}, "tracking.uri must be a non-empty string"),
-        ({"http_timeout": 0}, "http_timeout >= 1"),
+        ({"http_timeout": 0}, "tracking.http_timeout must be an integer >= 1, but got 0"),
         ({"experiment_name": "x"}, "unknown tracking option"),
     ],
 )

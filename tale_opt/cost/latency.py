@@ -46,9 +46,9 @@ class LatencySettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
         if not self.batch_sizes:
-            raise ConfigValueError("latency.batch_sizes must list at least one batch size")
+            raise ConfigValueError("batch_sizes must list at least one batch size")
         for size in self.batch_sizes:
-            validate.integer(size, "latency.batch_sizes[]", minimum=1)
+            validate.integer(size, "batch_sizes[]", minimum=1)
         for name, minimum in (
             ("prompt_tokens", 1),
             ("new_tokens", 1),
@@ -56,7 +56,7 @@ class LatencySettings:
             ("warmup", 0),
             ("seed", 0),
         ):
-            validate.integer(getattr(self, name), f"latency.{name}", minimum=minimum)
+            validate.integer(getattr(self, name), name, minimum=minimum)
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any] | None) -> LatencySettings:

@@ -226,4 +226,4 @@ def _latency_settings(node: Mapping[str, Any] | None) -> Any:
     try:
         return LatencySettings.from_mapping(node)
     except (TypeError, ValueError) as err:
-        raise UsageError(f"{err} (latency=null skips measuring)") from err
+        raise UsageError(f"latency: {err} (latency=null skips measuring)") from err
