@@ -329,7 +329,7 @@ def test_spawned_workers_prune_exactly(tmp_path):
 # -- the property: same search with and without the optimizations ---------------------------
 def candidate_evaluator(monkeypatch, seed: int, scoring: str, prefix_gb: float):
     """The real `CandidateEvaluator`, on a tiny random model instead of a loaded checkpoint."""
-    from tale_opt import search_setup
+    from tale_opt.pipeline import candidates
 
     model, tokenizer, task, examples, _ = tiny_setup(seed, scoring)
     monkeypatch.setattr("tale_opt.model.loading.load_model", lambda spec: (model, tokenizer))
@@ -346,7 +346,7 @@ def candidate_evaluator(monkeypatch, seed: int, scoring: str, prefix_gb: float):
         "prefix_cache_gb": prefix_gb,
     }
     splits = TinySplits(examples, examples)
-    return search_setup.CandidateEvaluator(config, task=task, splits=splits)
+    return candidates.CandidateEvaluator(config, task=task, splits=splits)
 
 
 def search(evaluate: Any, early_stop: bool, epsilon: float):

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tale_opt.report_cli import main as report_main
+from tale_opt.commands.report import main as report_main
 from tale_opt.reporting import heatmap_matrix, parse_candidates, read_candidates
 from tale_opt.reporting.compare import comparison_markdown, groups_table, search_view
 from tale_opt.reporting.plots import (

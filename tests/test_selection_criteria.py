@@ -1,4 +1,4 @@
-"""The other selection criteria (issue 7): SLEB, TALE on perplexity, one-shot perplexity,
+"""The other selection criteria: SLEB, TALE on perplexity, one-shot perplexity,
 Block Influence (cosine), angular distance and the random control. Each inherits the searcher
 contract; known-answer tests drive them with explicit score tables."""
 
@@ -342,14 +342,12 @@ def test_text_defaults_to_the_task():
 @pytest.mark.parametrize("choice", sorted(REGISTRY))
 def test_every_shipped_searcher_config_binds_to_its_constructor(choice):
     """torchtune-style: compose the real config and bind the node's keys to the class."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from tale_opt.app import build_searcher
-    from tale_opt.cli import CONF_DIR
+    from tale_opt.commands.config import compose
+    from tale_opt.pipeline.plan import build_searcher
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"searcher={choice}", "n_drop=3"])
+    cfg = compose([f"searcher={choice}", "n_drop=3"])
     node = OmegaConf.to_container(cfg, resolve=True)["searcher"]
     searcher = build_searcher(node, num_layers=30)
     assert searcher.name == choice == node["name"]

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tale_opt.report_cli import main as report_main
+from tale_opt.commands.report import main as report_main
 from tale_opt.reporting.stability import (
     STABILITY_MD,
     STABILITY_PNG,

@@ -32,6 +32,7 @@ from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from tale_opt import validate
 from tale_opt.errors import UsageError, did_you_mean
 
 # Heartbeats and stale-trial retry are "experimental" in Optuna 5 and warn on every use.
@@ -88,9 +89,7 @@ class StorageConfig:
         if unknown:
             raise UsageError(f"storage has no key(s) {unknown}; it accepts: {sorted(_KEYS)}")
         for key in ("heartbeat_interval", "grace_period", "connect_timeout"):
-            value = cfg.get(key, getattr(cls, key))
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"`storage.{key}` must be an integer >= 1, but got {value!r}")
+            validate.integer(cfg.get(key, getattr(cls, key)), f"storage.{key}", minimum=1)
         if cfg.get("grace_period", cls.grace_period) <= cfg.get(
             "heartbeat_interval", cls.heartbeat_interval
         ):
@@ -99,12 +98,10 @@ class StorageConfig:
                 f"(grace_period={cfg.get('grace_period')}, "
                 f"heartbeat_interval={cfg.get('heartbeat_interval')})"
             )
-        retry = cfg.get("max_retry", cls.max_retry)
-        if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int)):
-            raise UsageError(f"`storage.max_retry` must be an integer or null, but got {retry!r}")
-        poll = cfg.get("poll_interval", cls.poll_interval)
-        if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
-            raise UsageError(f"`storage.poll_interval` must be a number > 0, but got {poll!r}")
+        validate.integer(cfg.get("max_retry", cls.max_retry), "storage.max_retry",
+                         minimum=0, allow_none=True)  # fmt: skip
+        validate.number(cfg.get("poll_interval", cls.poll_interval), "storage.poll_interval",
+                        above=0)  # fmt: skip
         if kind == "postgres":
             url = cfg.get("url") or os.environ.get(URL_ENV)
             if not url:

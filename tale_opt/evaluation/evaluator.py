@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tale_opt import validate
 from tale_opt.errors import UsageError, did_you_mean
 from tale_opt.evaluation.prefix import GIB, PREFIX_SCORING, PrefixCache, capture, resumed
 from tale_opt.evaluation.prompts import PromptEncoder, label_token_ids
@@ -140,18 +141,9 @@ class Evaluator:
             raise UsageError(
                 f"unknown scoring mode {scoring!r}.{did_you_mean(scoring, SCORING_MODES)}"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(f"`batch_size >= 1` must hold, but got batch_size={batch_size!r}")
-        if (
-            isinstance(max_new_tokens, bool)
-            or not isinstance(max_new_tokens, int)
-            or max_new_tokens < 1
-        ):
-            raise UsageError(
-                f"`max_new_tokens >= 1` must hold, but got max_new_tokens={max_new_tokens!r}"
-            )
-        if not isinstance(chat_template, bool):
-            raise UsageError(f"`chat_template` must be true or false, but got {chat_template!r}")
+        validate.integer(batch_size, "eval.batch_size", minimum=1)
+        validate.integer(max_new_tokens, "eval.max_new_tokens", minimum=1)
+        validate.boolean(chat_template, "eval.chat_template")
         self.model = model
         self.tokenizer = tokenizer
         self.task = task

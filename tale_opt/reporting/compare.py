@@ -12,7 +12,6 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tale_opt.stats import accuracy_interval, format_accuracy, format_p
@@ -255,18 +254,3 @@ def comparison_markdown(views: Sequence[SearchView], source: str = "") -> str:
         "",
     ]
     return "\n".join(parts)
-
-
-def write_report(
-    records: Sequence[Any], out_dir: str | Path, *, source: str = ""
-) -> tuple[Path, Path]:
-    """Write comparison.md and comparison.png for `records` (parent runs) into `out_dir`."""
-    from tale_opt.reporting.compare_plot import plot_comparison
-
-    views = [search_view(r) for r in records]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    md = out / COMPARISON_MD
-    md.write_text(comparison_markdown(views, source))
-    png = plot_comparison(views, out / COMPARISON_PNG)
-    return md, png

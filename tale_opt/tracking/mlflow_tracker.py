@@ -237,10 +237,6 @@ class MlflowTracker(Tracker):
         self.parent_run_id = self._guard("start the search's parent run", start)
         return self.parent_run_id
 
-    def attach(self, parent_run_id: str) -> None:
-        self.parent_run_id = parent_run_id
-        self._learn_parent(parent_run_id)
-
     def _learn_parent(self, parent_run_id: str) -> None:
         """Look up the parent's experiment and the children it has already."""
 
@@ -265,7 +261,7 @@ class MlflowTracker(Tracker):
         if parent_run_id is None or self._disabled:
             return None
         known = self._children.get(parent_run_id)
-        if known is None:  # a parent this tracker never started or attached to
+        if known is None:  # a parent this tracker did not start (another process did)
             self._learn_parent(parent_run_id)
             known = self._children.get(parent_run_id)
             if known is None:
@@ -346,8 +342,3 @@ class MlflowTracker(Tracker):
         if parent is None:
             return
         self._guard("close the parent run", lambda: self._client().set_terminated(parent, status))
-
-    def worker_info(self) -> dict[str, Any] | None:
-        if self.parent_run_id is None or self._disabled:
-            return None
-        return {**self.settings.as_dict(), "parent_run_id": self.parent_run_id}

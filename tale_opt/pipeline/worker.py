@@ -51,7 +51,7 @@ def run(
         torch.set_num_threads(threads)
     config = StorageConfig.from_mapping(storage)
     found = _wait_for_study(config, study, idle_timeout)
-    from tale_opt.search_setup import CandidateEvaluator
+    from tale_opt.pipeline.candidates import CandidateEvaluator
 
     evaluate = CandidateEvaluator(
         found.user_attrs[st.CONFIG],

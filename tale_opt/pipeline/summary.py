@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from searchers.selection import layer_count_speedup, pick_ae_hm
-from tale_opt.outputs import RunWriter, observation_record
-from tale_opt.search_setup import prediction_rows
-from tale_opt.significance import (
+from tale_opt.pipeline.candidates import prediction_rows
+from tale_opt.pipeline.outputs import RunWriter, observation_record
+from tale_opt.pipeline.significance import (
     chance_level,
     heldout_record,
     heldout_warnings,

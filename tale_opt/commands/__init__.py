@@ -1,0 +1,52 @@
+"""Command line: `python -m tale_opt [overrides]` runs a search; `python -m tale_opt
+<subcommand> ...` runs another command. One module per command, each with `main(argv)`:
+
+    search   (the default) a Hydra app over the config groups in tale_opt/conf/
+    worker   joins a running search (composes conf/worker.yaml)
+    export   writes a pruned checkpoint
+    bench    latency, throughput and TFLOPs of pruned variants
+    report   compares searches logged to MLflow
+
+Bad input -- an unknown group choice or key, a missing path, a malformed data file, an
+invalid value -- prints one `error:` line naming the problem and the fix and exits with code
+2; `debug=true` shows the traceback instead. A search that failed while running exits with 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+from tale_opt.errors import UsageError
+
+EXIT_USAGE = 2
+DEFAULT = "tale_opt.commands.search"
+# Subcommand name -> module with `main(argv)`; anything else is a search's Hydra overrides.
+SUBCOMMANDS = {
+    "worker": "tale_opt.commands.worker",
+    "export": "tale_opt.commands.export",
+    "bench": "tale_opt.commands.bench",
+    "report": "tale_opt.commands.report",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
+        return
+    importlib.import_module(DEFAULT).main(argv)
+
+
+def fail(err: BaseException, debug: bool) -> None:
+    """Print `err` as one `error:` line and exit (2 for bad input, 1 for a failed search);
+    with `debug` re-raise it, traceback and all."""
+    if debug:
+        raise err
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(EXIT_USAGE if isinstance(err, UsageError) else 1)
+
+
+def is_debug(argv: Sequence[str]) -> bool:
+    return any(a.lower() in ("debug=true", "debug=1", "+debug=true") for a in argv)
