@@ -27,6 +27,7 @@ from tale_opt.tasks.templates import (
     content_id,
     normalize,
     short_hash,
+    system_prompt,
 )
 from tale_opt.tasks.templates import template_fields as _template_fields
 
@@ -55,7 +56,8 @@ class PromptSpec:
     Attributes:
         user: ``str.format`` template of the user turn; placeholders are row columns plus
             ``{choices}`` (the rendered option lines).
-        system: System prompt, or None for no system turn. Used verbatim (no placeholders).
+        system: System prompt, or None for no system turn (so are ``""`` and blank text, see
+            `system_prompt`). Used verbatim (no placeholders).
         choice_format: Format of one option line, with ``{label}`` and ``{text}``.
         choice_separator: Joins the option lines.
         labels: Display labels, assigned to choices by position.
@@ -81,6 +83,7 @@ class PromptSpec:
             raise UsageError(
                 f"task.prompt.target must be one of {TARGETS}, but got {self.target!r}"
             )
+        object.__setattr__(self, "system", system_prompt(self.system))
         object.__setattr__(self, "labels", tuple(str(label) for label in self.labels))
         if self.label_source not in LABEL_SOURCES:
             raise UsageError(
