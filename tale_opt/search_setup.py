@@ -337,14 +337,5 @@ class CandidateEvaluator:
 
 
 def prediction_rows(res: Any) -> list[dict[str, Any]]:
-    """One JSON-friendly row per example of an `EvalResult`."""
-    return [
-        {
-            "id": p.example_id,
-            "prediction": p.prediction,
-            "gold": p.gold,
-            "correct": p.correct,
-            "output": p.text,
-        }
-        for p in res.predictions
-    ]
+    """One JSON-friendly row per example of an `EvalResult` (see `Prediction.record`)."""
+    return [p.record(res.scoring) for p in res.predictions]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -356,9 +356,12 @@ class Evaluator:
         task = self.task
         if self.scoring == "generate":
             return _prediction(task, example, task.parse(outcome, example), outcome)
-        texts = task.labels(example) if self.scoring == "letters" else task.continuations(example)
         choice = _argmax(outcome)
-        return _prediction(task, example, choice, texts[choice], outcome)
+        if self.scoring == "letters":
+            return _prediction(task, example, choice, task.labels(example)[choice], outcome)
+        pred = _prediction(task, example, choice, task.continuations(example)[choice], outcome)
+        # Kept per example: `accuracy_norm` ranks by them, the predictions file shows them.
+        return replace(pred, norm_scores=normalized_scores(outcome, choice_texts(task, example)))
 
     def _result(
         self, prepared: PreparedSplit, predictions: list[Prediction], seconds: float
@@ -381,9 +384,7 @@ class Evaluator:
         accuracy_norm = None
         if self.scoring == "loglik":
             n_norm = sum(
-                _is_correct(
-                    self.task, normalized_choice(pred.scores, choice_texts(self.task, ex)), ex
-                )
+                _is_correct(self.task, _argmax(pred.norm_scores), ex)
                 for ex, pred in zip(prepared.examples, predictions, strict=True)
             )
             accuracy_norm = n_norm / n
@@ -410,15 +411,19 @@ def choice_texts(task: Task, example: Example) -> tuple[str, ...]:
     return continuations
 
 
-def normalized_choice(scores: Sequence[float], texts: Sequence[str]) -> int:
-    """The choice with the highest log-likelihood per character of its text.
+def normalized_scores(scores: Sequence[float], texts: Sequence[str]) -> tuple[float, ...]:
+    """Each choice's log-likelihood per character of its text.
 
-    lm-evaluation-harness's ``acc_norm``: the summed log-likelihood divided by the length of
-    the choice text in characters (Unicode code points, not UTF-8 bytes), without the
-    separator (``" "``) that precedes it in the scored continuation. First maximum on ties.
+    lm-evaluation-harness's ``acc_norm`` ranks by this: the summed log-likelihood divided by
+    the length of the choice text in characters (Unicode code points, not UTF-8 bytes),
+    without the separator (``" "``) that precedes it in the scored continuation.
     """
-    normed = [s / max(len(t), 1) for s, t in zip(scores, texts, strict=True)]
-    return _argmax(normed)
+    return tuple(s / max(len(t), 1) for s, t in zip(scores, texts, strict=True))
+
+
+def normalized_choice(scores: Sequence[float], texts: Sequence[str]) -> int:
+    """The choice with the highest `normalized_scores` value (first maximum on ties)."""
+    return _argmax(normalized_scores(scores, texts))
 
 
 def _is_correct(task: Task, prediction: Any | None, example: Example) -> bool:
