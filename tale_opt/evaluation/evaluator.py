@@ -168,12 +168,19 @@ class Evaluator:
         self.shared_prefix = bool(shared_prefix) and supports_shared_prefix(model)
 
     # -- tokenization, once per run -------------------------------------------------------
-    def prepare(self, examples: Sequence[Example]) -> PreparedSplit:
-        """Tokenize `examples` for this evaluator's scoring mode (once per run).
+    def prepare(self, examples: Sequence[Example], *, split: str = "") -> PreparedSplit:
+        """Tokenize `examples` for this evaluator's scoring mode (once per run), checking
+        once what would make every candidate's score meaningless.
+
+        Args:
+            examples: The split's examples.
+            split: Its name (``optimization``, ``held-out``), for error messages.
 
         Raises:
             UsageError: No examples; a multiple-choice example without labels (letters) or
-                with an empty continuation (loglik); labels that share a first token.
+                with an empty continuation (loglik); one with a single option (every
+                configuration would get it right); labels that share a first token; a
+                sequence longer than the model's context (`context_length`).
         """
         examples = tuple(examples)
         if not examples:
@@ -184,18 +191,19 @@ class Evaluator:
         continuation_ids: list[tuple[tuple[int, ...], ...]] = []
         if self.scoring == "letters":
             cache: dict[tuple[str, ...], tuple[tuple[int, ...], ...]] = {}
-            for ex in examples:
+            for i, ex in enumerate(examples):
                 labels = tuple(self.task.labels(ex))
                 if not labels:
                     raise UsageError(
                         f"example {ex.id!r} has no answer labels; scoring=letters needs a "
                         "multiple-choice task (use scoring=generate for generative tasks)"
                     )
+                self._require_two_options(i, ex, len(labels), split)
                 if labels not in cache:
                     cache[labels] = label_token_ids(self.tokenizer, labels)
                 label_ids.append(cache[labels])
         elif self.scoring == "loglik":
-            for ex in examples:
+            for i, ex in enumerate(examples):
                 conts = tuple(self.task.continuations(ex))
                 ids = tuple(self._encode_continuation(ex, c) for c in conts)
                 if not ids:
@@ -203,12 +211,60 @@ class Evaluator:
                         f"example {ex.id!r} has no continuations; scoring=loglik needs a "
                         "multiple-choice task"
                     )
+                self._require_two_options(i, ex, len(ids), split)
                 continuation_ids.append(ids)
+        self._check_context(examples, prompt_ids, continuation_ids, split)
         shared_len = shared_prefix_length(prompt_ids) if self.shared_prefix else 0
         return PreparedSplit(
             self.scoring, examples, prompt_ids, tuple(label_ids), tuple(continuation_ids),
             shared_len,
         )  # fmt: skip
+
+    def _where(self, index: int, example: Example, split: str) -> str:
+        split = f" of the {split} split" if split else ""
+        return f"task {self.task.name!r}: example {index} (id {example.id!r}){split}"
+
+    def _require_two_options(self, index: int, example: Example, n: int, split: str) -> None:
+        # With one option every configuration is right, so the example only dilutes the
+        # differences the search is looking for.
+        if n < 2:
+            raise UsageError(
+                f"{self._where(index, example, split)} has {n} option(s), but a multiple-choice "
+                "question needs at least two (with one, every configuration gets it right); "
+                "remove it from the data or give it its options"
+            )
+
+    def _check_context(
+        self,
+        examples: Sequence[Example],
+        prompt_ids: Sequence[Sequence[int]],
+        continuation_ids: Sequence[Sequence[Sequence[int]]],
+        split: str,
+    ) -> None:
+        """Refuse a sequence the model cannot hold: past its context, positions are ones it
+        never saw (or do not exist), so its scores would mean nothing."""
+        limit = context_length(self.model, self.tokenizer)
+        if limit is None:
+            return
+        context, source = limit
+        for i, (ex, prompt) in enumerate(zip(examples, prompt_ids, strict=True)):
+            if self.scoring == "loglik":
+                extra = max(len(c) for c in continuation_ids[i])
+                what, fix = "of its longest choice", ""
+            elif self.scoring == "generate":
+                extra, what = self.max_new_tokens, "tokens to generate"
+                fix = "lower eval.max_new_tokens, "
+            else:
+                extra, what, fix = 0, "", ""
+            needed = len(prompt) + extra
+            if needed <= context:
+                continue
+            parts = f"{len(prompt)} of prompt" + (f" + {extra} {what}" if extra else "")
+            raise UsageError(
+                f"{self._where(i, ex, split)} needs {needed} tokens ({parts}), but the model's "
+                f"context is {context} tokens ({source}); {fix}show fewer demonstrations "
+                "(task.fewshot.k) or use a model with a longer context"
+            )
 
     def _encode_continuation(self, example: Example, text: str) -> tuple[int, ...]:
         # Tokenized on its own (no special tokens) so the prompt's tokens stay exactly those of
@@ -399,6 +455,30 @@ class Evaluator:
             seconds=seconds,
             accuracy_norm=accuracy_norm,
         )
+
+
+# transformers sets `model_max_length` to int(1e30) when a tokenizer's files name no limit.
+_NO_TOKENIZER_LIMIT = 10**12
+
+
+def context_length(model: nn.Module, tokenizer: Any) -> tuple[int, str] | None:
+    """The most tokens one sequence may hold, and which setting says so; None when neither
+    does.
+
+    Both the model's ``max_position_embeddings`` and the tokenizer's ``model_max_length``
+    count where they are real (the tokenizer's is often an "unset" placeholder); where both
+    are, the smaller wins: either one marks lengths the model was not trained on.
+    """
+    config = model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append((positions, "max_position_embeddings"))
+    tokens = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokens, int) and 0 < tokens < _NO_TOKENIZER_LIMIT:
+        limits.append((tokens, "tokenizer.model_max_length"))
+    return min(limits) if limits else None
 
 
 def choice_texts(task: Task, example: Example) -> tuple[str, ...]:

@@ -184,7 +184,8 @@ class MultipleChoiceTask:
             row_format: The source's own row format spec, if it differs from the task's.
 
         Raises:
-            UsageError: a row lacks a needed column, or its gold answer is not a choice.
+            UsageError: a row lacks a needed column, has fewer than two choices, or its gold
+                answer is not a choice.
         """
         fmt, options = resolve_row_format(row_format or self.row_format)
         template_columns = [f for f in self.template_fields if f not in RESERVED_FIELDS]
@@ -205,6 +206,14 @@ class MultipleChoiceTask:
                     f"source {origin} row {index} (id {row.get(options['id'])!r}) does not fit "
                     f"row format '{fmt.name}': {err}"
                 ) from None
+            if len(extracted.choices) < 2:
+                # With one option every configuration gets the question right (with none,
+                # wrong), so it only dilutes the differences the search is looking for.
+                raise UsageError(
+                    f"source {origin} row {index} (id {row.get(options['id'])!r}) has "
+                    f"{len(extracted.choices)} option(s), but a multiple-choice question needs "
+                    "at least two; remove the row or give it its options"
+                )
             if len(extracted.choices) > len(self.prompt.labels):
                 raise UsageError(
                     f"source {origin} row {index} has {len(extracted.choices)} choices but "
