@@ -19,6 +19,7 @@ Scoring modes:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +32,11 @@ from tqdm.auto import tqdm
 
 from tale_opt.errors import UsageError, did_you_mean
 from tale_opt.evaluation.prefix import GIB, PREFIX_SCORING, PrefixCache, capture, resumed
-from tale_opt.evaluation.prompts import PromptEncoder, label_token_ids
+from tale_opt.evaluation.prompts import (
+    PromptEncoder,
+    label_token_ids,
+    text_before_first_question,
+)
 from tale_opt.evaluation.results import EvalResult, Prediction
 from tale_opt.evaluation.scoring import (
     Progress,
@@ -48,8 +53,10 @@ from tale_opt.evaluation.shared_prefix import (
     supports_shared_prefix,
 )
 from tale_opt.model.surgery import dropped_layers
-from tale_opt.tasks.base import Example, Task
+from tale_opt.tasks.base import Example, Message, Task
 from tale_opt.types import DropSet
+
+log = logging.getLogger("tale_opt")
 
 SCORING_MODES = frozenset({"generate", "letters", "loglik"})
 _NO_DROP = DropSet()
@@ -166,6 +173,7 @@ class Evaluator:
             stop_strings = getattr(task, "stop_strings", ())
         self.stop = StopCondition(stop_strings, getattr(task, "stop_patterns", ()))
         self.shared_prefix = bool(shared_prefix) and supports_shared_prefix(model)
+        self._shown_prompt = False  # the first prompt's opening is logged once (see prepare)
 
     # -- tokenization, once per run -------------------------------------------------------
     def prepare(self, examples: Sequence[Example], *, split: str = "") -> PreparedSplit:
@@ -187,6 +195,9 @@ class Evaluator:
             raise UsageError("cannot evaluate an empty list of examples")
         encoder = PromptEncoder(self.tokenizer, chat_template=self.chat_template)
         prompt_ids = tuple(tuple(encoder.encode(self.task.messages(ex))) for ex in examples)
+        if not self._shown_prompt:
+            self._shown_prompt = True
+            self._log_prompt(encoder, self.task.messages(examples[0]))
         label_ids: list[tuple[tuple[int, ...], ...]] = []
         continuation_ids: list[tuple[tuple[int, ...], ...]] = []
         if self.scoring == "letters":
@@ -219,6 +230,16 @@ class Evaluator:
             self.scoring, examples, prompt_ids, tuple(label_ids), tuple(continuation_ids),
             shared_len,
         )  # fmt: skip
+
+    def _log_prompt(self, encoder: PromptEncoder, messages: Sequence[Message]) -> None:
+        """Say once how prompts are rendered, with what the model reads before the first
+        question: a chat template may add a system prompt the task never asked for."""
+        if encoder.uses_chat_template:
+            how = "the tokenizer's chat template (eval.chat_template=false: plain text)"
+        else:
+            how = "plain text, no chat template"
+        head = text_before_first_question(encoder.render(messages), messages)
+        log.info("prompts: %s; before the first question the model reads %r", how, head)
 
     def _where(self, index: int, example: Example, split: str) -> str:
         split = f" of the {split} split" if split else ""
