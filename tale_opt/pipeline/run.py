@@ -66,17 +66,23 @@ def run(
 
 
 def _run(plan: SearchPlan, tracking: SearchTracking, out_dir: Path, started: float) -> dict:
-    evaluate = None
+    evaluate = heldout_split = None
     if plan.workers == 0:
         evaluate = CandidateEvaluator(
             plan.config, task=plan.task, splits=plan.splits, progress=True
         )
+        # Tokenized and checked (options, context length) now, not after a long search.
+        heldout_split = evaluate.evaluator.prepare(plan.splits.evaluation, split="held-out")
     with RunWriter(out_dir) as writer:
         loaded = time.perf_counter()
         result = _search(plan, evaluate, writer, tracking)
         searched = time.perf_counter()
+        if evaluate is not None:
+            evaluate.release_caches()  # before latency and held-out need the memory
         evaluator = evaluate.evaluator if evaluate is not None else _load_evaluator(plan)
-        prepared = evaluator.prepare(plan.splits.evaluation)
+        prepared = heldout_split
+        if prepared is None:  # workers=N: the model was loaded only now
+            prepared = evaluator.prepare(plan.splits.evaluation, split="held-out")
         costs = accepted_costs(evaluator, result.trajectory, plan.latency, prepared)
         tracking.log_costs(result.trajectory, costs)
         picks = pick_configurations(result, plan.num_layers, plan.lam, costs)
