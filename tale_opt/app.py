@@ -23,7 +23,7 @@ from tale_opt import worker_main
 from tale_opt.coordination.coordinator import run_coordinator
 from tale_opt.coordination.local_workers import LocalWorkers
 from tale_opt.coordination.storage import StorageConfig, open_storage
-from tale_opt.coordination.study import default_study_name, open_study
+from tale_opt.coordination.study import check_study, default_study_name, open_study
 from tale_opt.errors import UsageError, did_you_mean
 from tale_opt.outputs import RunWriter, write_text_atomic
 from tale_opt.report import format_summary_table
@@ -104,18 +104,21 @@ class SearchPlan:
     searcher: Any
     num_layers: int
     storage: StorageConfig
-    study: Any
     workers: int
     threads: int | None
     lam: float
     latency: Any  # LatencySettings, or None to skip measuring latency
+    study_name: str
+    fingerprint: dict[str, Any]
+    optuna_storage: Any  # the opened storage: reachable, but no study in it yet
+    study: Any = None  # set by `open_search_study`, once the model has loaded
 
 
 def plan_search(cfg: Mapping[str, Any]) -> SearchPlan:
-    """Validate `cfg`, draw the splits, and open (or resume) the search's study.
+    """Validate `cfg`, draw the splits and reach the storage; no study is created yet.
 
     Raises:
-        UsageError: Any bad value, unreachable storage, or a study of another search.
+        UsageError: Any bad value, or an unreachable storage.
     """
     from tale_opt.model.loading import describe_model
 
@@ -144,20 +147,32 @@ def plan_search(cfg: Mapping[str, Any]) -> SearchPlan:
     name = cfg.get("study") or default_study_name(
         [task.name, config["model_name"], searcher.name, f"s{seed}"], fingerprint
     )
-    study = open_study(open_storage(storage), str(name), fingerprint, config)
+    optuna_storage = open_storage(storage)
+    check_study(optuna_storage, str(name), fingerprint)
+    return SearchPlan(
+        cfg, config, task, splits, spec, searcher, num_layers, storage, workers, threads, lam,
+        latency, str(name), fingerprint, optuna_storage,
+    )  # fmt: skip
+
+
+def open_search_study(plan: SearchPlan) -> None:
+    """Open (or resume) the search's study: only once everything else is known to work, so a
+    bad model or storage never leaves an empty study behind.
+
+    Raises:
+        UsageError: The study name belongs to another search (its fingerprint differs).
+    """
+    plan.study = open_study(plan.optuna_storage, plan.study_name, plan.fingerprint, plan.config)
     log.info(
         "%s: %d decoder layers; %s: %d optimization / %d held-out examples; study %s in %s",
-        config["model_name"], num_layers, task.name, len(splits.optimization),
-        len(splits.evaluation), name, storage.describe(),
+        plan.config["model_name"], plan.num_layers, plan.task.name,
+        len(plan.splits.optimization), len(plan.splits.evaluation), plan.study_name,
+        plan.storage.describe(),
     )  # fmt: skip
     log.info(
         "more workers can join from any machine that reaches the storage: "
         "python -m tale_opt worker %s study=%s",
-        " ".join(storage.join_args()), name,
-    )  # fmt: skip
-    return SearchPlan(
-        cfg, config, task, splits, spec, searcher, num_layers, storage, study, workers, threads,
-        lam, latency,
+        " ".join(plan.storage.join_args()), plan.study_name,
     )  # fmt: skip
 
 
@@ -181,9 +196,15 @@ def run(
     """
     started = time.perf_counter()
     plan = plan_search(cfg)
-    tracking = SearchTracking.start(cfg, launch_dir=launch_dir, run_name=plan.study.study_name)
+    evaluate = None
+    if plan.workers == 0:  # load the model before anything is recorded: it may not load
+        evaluate = CandidateEvaluator(
+            plan.config, task=plan.task, splits=plan.splits, progress=True
+        )
+    open_search_study(plan)
+    tracking = SearchTracking.start(cfg, launch_dir=launch_dir, run_name=plan.study_name)
     try:
-        summary = _run(plan, tracking, Path(out_dir), started)
+        summary = _run(plan, evaluate, tracking, Path(out_dir), started)
     except KeyboardInterrupt:
         tracking.abort("KILLED")
         raise
@@ -193,12 +214,9 @@ def run(
     return summary
 
 
-def _run(plan: SearchPlan, tracking: SearchTracking, out_dir: Path, started: float) -> dict:
-    evaluate = None
-    if plan.workers == 0:
-        evaluate = CandidateEvaluator(
-            plan.config, task=plan.task, splits=plan.splits, progress=True
-        )
+def _run(
+    plan: SearchPlan, evaluate: Any, tracking: SearchTracking, out_dir: Path, started: float
+) -> dict:
     with RunWriter(out_dir) as writer:
         loaded = time.perf_counter()
         result = _search(plan, evaluate, writer, tracking)

@@ -120,3 +120,6 @@ def spawned(
             raise
         print(f"error: worker {worker_id()}: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, UsageError) else 1)
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the whole process group: the coordinator says it, once.
+        sys.exit(130)
