@@ -225,6 +225,12 @@ class GreedyElimination:
         return baseline.score - self.epsilon
 
     @property
+    def accepted(self) -> tuple[Observation, ...]:
+        """The configurations accepted so far, baseline first (what accepted_configs.json
+        holds after every candidate)."""
+        return self.state.trajectory
+
+    @property
     def state(self) -> RoundState:
         if self._state is None:
             self._state = self._derive()

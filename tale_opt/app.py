@@ -303,11 +303,11 @@ def _search(
         if not obs.drop and obs.candidate.probe == TASK_ACCURACY and obs.complete:
             writer.write_predictions("optimization_baseline", obs.extras.get("predictions", []))
             _log_baseline(obs.metrics, chance, plan.cfg["eval"].get("scoring"), plan.task)
-        state = getattr(searcher, "state", None)
-        if state is not None:
-            writer.write_accepted(state.trajectory, getattr(searcher, "threshold", None))
-            if state.trajectory and state.trajectory[0].candidate.probe == TASK_ACCURACY:
-                report_accepted(tuple(state.trajectory))
+        # After every candidate, for greedy and one-shot searchers alike.
+        accepted = tuple(searcher.accepted)
+        writer.write_accepted(accepted, getattr(searcher, "threshold", None))
+        if accepted and accepted[0].candidate.probe == TASK_ACCURACY:
+            report_accepted(accepted)
 
     try:
         result = run_coordinator(
