@@ -84,6 +84,9 @@ def _is_debug(argv: Sequence[str]) -> bool:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and (argv[0] in SUBCOMMANDS or argv[0] == "worker") else None
+    from tale_opt.credentials import install_log_masking
+
+    install_log_masking()
     try:
         _dispatch(command, argv)
     except KeyboardInterrupt:

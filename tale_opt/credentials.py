@@ -14,13 +14,15 @@ masked too.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
 
 MASKED = "***"
 # scheme://user: then the password, greedy up to the last "@" (see the module docstring).
-_URL_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^\s:/@?#]*:)(.*)@")
+# The colons may be escaped (`postgresql\://u\:pw@h`: how Hydra prints a sweep's overrides).
+_URL_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*\\?://[^\s:/@?#\\]*\\?:)(.*)@")
 _QUERY_SECRET = re.compile(
     r"([?&;](?:password|passwd|pwd|token|access_token|secret|api_key|apikey)=)[^&#\s]*",
     re.IGNORECASE,
@@ -44,6 +46,29 @@ def mask_values(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(mask_values(item) for item in value)
     return value
+
+
+def install_log_masking() -> None:
+    """Mask every log record of this process, whichever library logs it (Hydra prints a
+    sweep's overrides, storage URLs included). Idempotent."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "masks_credentials", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: logging reports it when the record is emitted
+            return record
+        if "@" in message or "=" in message:
+            masked = mask(message)
+            if masked != message:
+                record.msg, record.args = masked, None
+        return record
+
+    factory.masks_credentials = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def has_secret(value: Any) -> bool:

@@ -112,6 +112,9 @@ def spawned(
     """Entry point of a `workers=N` process (see coordination/local_workers.py)."""
     import sys
 
+    from tale_opt.credentials import install_log_masking
+
+    install_log_masking()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
     try:
         run(storage, study, idle_timeout=None, threads=threads, parent_pid=parent_pid)

@@ -121,6 +121,22 @@ def test_passwords_never_reach_the_run_directory_or_the_tracking_store(
     assert files_containing(failed, *secrets) == []
 
 
+def test_a_sweep_never_shows_the_password_it_was_given(tiny_model_dir, tmp_path):
+    """Hydra prints a sweep's overrides and saves them in multirun.yaml: both masked."""
+    secret = "Sweep-Secret-5e"
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m", f"model.path={tiny_model_dir}", "storage=postgres",
+        f"storage.url=postgresql://u:{secret}@db.invalid:5432/x", "searcher.epsilon=-1",
+        "seed=0,1", "tracking=none", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert_usage_error(proc, "epsilon")
+    assert "storage.url=postgresql\\://u\\:***@db.invalid" in proc.stdout
+    assert secret not in proc.stdout + proc.stderr
+    assert "u:***@db.invalid" in (sweep / "multirun.yaml").read_text()
+    assert files_containing(tmp_path, secret) == []
+
+
 def test_a_damaged_sqlite_file_is_one_line_naming_the_file(tiny_model_dir, tmp_path):
     storage = tmp_path / "trials.db"
     storage.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)
@@ -194,9 +210,9 @@ def test_an_evaluation_that_raises_in_process_is_the_promised_one_line(
 
 
 def interruptible_args(model_dir: Path, storage: Path, run_dir: Path, *searcher: str) -> list:
-    # 300 examples make a candidate slow enough to be interrupted between two.
+    # 120 examples make a candidate slow enough to be interrupted between two.
     return [
-        f"model.path={model_dir}", "model.name=tiny", "n_opt=300", "n_eval=5", *searcher,
+        f"model.path={model_dir}", "model.name=tiny", "n_opt=120", "n_eval=5", *searcher,
         "eval.batch_size=4", "latency=null", "tracking=none", f"storage.path={storage}",
         f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
