@@ -145,8 +145,15 @@ def test_an_evaluation_error_in_a_worker_fails_the_search_with_its_message(tmp_p
         raise RuntimeError("CUDA out of memory")
 
     study = open_test_study(cfg, unique_name(request))
-    with pytest.raises(RuntimeError, match="out of memory"):
+    # Evaluated in-process (workers=0): the same one-line failure a worker's error gives,
+    # with the evaluation's own exception as the cause (debug=true shows its traceback).
+    with pytest.raises(
+        SearchFailed,
+        match=r"evaluating drop set \{\} failed in worker .* \(trial 0\): "
+        r"RuntimeError: CUDA out of memory",
+    ) as failed:
         run_coordinator(study, make_searcher(), evaluate=broken)
+    assert isinstance(failed.value.__cause__, RuntimeError)
     # A coordinator that only waits for workers reports the worker's error instead.
     name = study.study_name
     worker = threading.Thread(
