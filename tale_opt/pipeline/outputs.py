@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tale_opt.credentials import mask_values
 from tale_opt.types import Observation
 
 CANDIDATE_FIELDS = (
@@ -132,7 +133,8 @@ class RunWriter:
 
     def write_summary(self, summary: Mapping[str, Any]) -> Path:
         path = self.directory / "summary.json"
-        write_json_atomic(path, dict(summary))
+        # It names the storage and the tracking URI: never with their passwords.
+        write_json_atomic(path, mask_values(dict(summary)))
         return path
 
     def close(self) -> None:
