@@ -171,7 +171,8 @@ class GreedyElimination(Searcher):
 
     @property
     def accepted(self) -> tuple[Observation, ...]:
-        """The configurations accepted so far, baseline first (one more layer each)."""
+        """The configurations accepted so far, baseline first (what accepted_configs.json
+        holds after every candidate)."""
         return self.state.trajectory
 
     @property

@@ -139,6 +139,23 @@ class OneShotSearcher(Searcher):
 
     # -- derived state ---------------------------------------------------------------------
     @property
+    def accepted(self) -> tuple[Observation, ...]:
+        """The accuracy-versus-layers curve so far, as `result().trajectory` will hold it: the
+        baseline, then the drop sets of 1, 2, ... layers up to the first one not observed yet
+        (empty until the baseline is in). accepted_configs.json is written from it after every
+        candidate."""
+        baseline = self._memo.get(Candidate(DropSet(), TASK_ACCURACY).key)
+        if baseline is None:
+            return ()
+        curve = [baseline]
+        for drop in self._derive()[1] or ():
+            obs = self._memo.get(Candidate(drop, TASK_ACCURACY).key)
+            if obs is None:
+                break
+            curve.append(obs)
+        return tuple(curve)
+
+    @property
     def removable(self) -> tuple[int, ...]:
         """Layers that may be dropped, ascending."""
         return tuple(i for i in range(self.num_layers) if i not in self.protected)

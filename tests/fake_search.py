@@ -72,7 +72,7 @@ def worker_process(
     storage_cfg: Mapping[str, Any],
     name: str,
     evaluate: FakeEvaluate,
-    idle_timeout: float = 60,
+    idle_timeout: float = 600,
     barrier: str | None = None,
 ) -> None:
     """Entry point of a spawned fake worker.

@@ -296,6 +296,42 @@ def test_one_shot_searchers_need_n_drop(cls):
         cls(8, n_drop=8)
 
 
+def test_one_shot_accepted_grows_with_each_observed_drop_set():
+    """accepted_configs.json is written from `accepted` after every candidate: the curve
+    so far, the baseline first, never skipping a size that is still being evaluated."""
+    searcher = BlockInfluence(6, n_drop=3)
+    assert searcher.accepted == ()
+    searcher.observe([bi_observation([0.9, 0.2, 0.05, 0.2, 0.1, 0.7])])
+    assert searcher.accepted == ()
+    searcher.observe([acc((), 0.5)])
+    assert [o.drop.layers for o in searcher.accepted] == [()]
+    searcher.observe([acc((2, 4), 0.4)])  # a later size first (another worker was faster)
+    assert [o.drop.layers for o in searcher.accepted] == [()]
+    searcher.observe([acc((2,), 0.45)])
+    assert [o.drop.layers for o in searcher.accepted] == [(), (2,), (2, 4)]
+    searcher.observe([acc((1, 2, 4), 0.3)])
+    assert searcher.accepted == searcher.result().trajectory
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GreedyElimination(8, epsilon=0.3),
+        lambda: SLEB(8, n_drop=2),
+        lambda: TalePerplexity(8, n_drop=2),
+        lambda: PerplexityRanking(8, n_drop=3),
+        lambda: BlockInfluence(8, n_drop=3),
+        lambda: AngularDistance(8, n_drop=3),
+        lambda: RandomDrop(8, n_drop=3, seed=1),
+    ],
+    ids=["tale", "sleb", "tale_ppl", "perplexity", "cosine", "angular", "random"],
+)
+def test_accepted_ends_as_the_result_trajectory(make):
+    searcher = make()
+    result, _ = run_to_completion(searcher)
+    assert searcher.accepted == result.trajectory
+
+
 # -- the random control ------------------------------------------------------------------------
 
 

@@ -181,7 +181,7 @@ def test_importing_tracking_and_the_report_cli_does_not_import_mlflow():
         "import sys, tale_opt.tracking, tale_opt.commands.report, tale_opt.commands.bench;"
         "bad = [m for m in ('mlflow', 'torch') if m in sys.modules]; assert not bad, bad"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=1800)
 
 
 # -- against real backends ----------------------------------------------------------------
@@ -250,7 +250,7 @@ def test_an_unreachable_server_is_a_quick_warning_not_an_error():
     started = time.monotonic()
     with pytest.warns(TrackingWarning, match="could not start the search's parent run"):
         assert tracker.start_search(CONFIG, TAGS) is None
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 90  # MLflow's own retries alone would take minutes
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing more is attempted without a parent run
         assert tracker.log_configuration(None, "3", 1, {"accuracy": 1.0}) is None
@@ -331,7 +331,7 @@ def mlflow_server(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 1800  # only against a hang
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"mlflow server exited: {Path(log.name).read_text()[-2000:]}")
@@ -342,7 +342,8 @@ def mlflow_server(tmp_path):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not up in 120 s: {Path(log.name).read_text()[-2000:]}")
+                log_tail = Path(log.name).read_text()[-2000:]
+                pytest.fail(f"mlflow server not up in 1800 s: {log_tail}")
             time.sleep(0.5)
         yield url
     finally:
@@ -358,7 +359,8 @@ def mlflow_server(tmp_path):
 
 @pytest.mark.slow
 def test_runs_logged_to_an_mlflow_server_are_listed_over_http(mlflow_server, tmp_path):
-    tracker = build_tracker({"uri": mlflow_server, "experiment": "served"})
+    # A loaded machine may answer slowly: the tracker must not give up on it here.
+    tracker = build_tracker({"uri": mlflow_server, "experiment": "served", "http_timeout": 300})
     parent = tracker.start_search(CONFIG, TAGS)
     assert parent is not None
     tracker.log_configuration(parent, "", 0, {"accuracy": 0.5})
@@ -374,7 +376,7 @@ def test_runs_logged_to_an_mlflow_server_are_listed_over_http(mlflow_server, tmp
     request = urllib.request.Request(
         f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served"
     )
-    with urllib.request.urlopen(request, timeout=10) as answer:
+    with urllib.request.urlopen(request, timeout=300) as answer:
         experiment_id = json.load(answer)["experiment"]["experiment_id"]
     body = json.dumps({"experiment_ids": [experiment_id], "max_results": 10}).encode()
     request = urllib.request.Request(
@@ -382,7 +384,7 @@ def test_runs_logged_to_an_mlflow_server_are_listed_over_http(mlflow_server, tmp
         data=body,
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as answer:
+    with urllib.request.urlopen(request, timeout=300) as answer:
         listed = json.load(answer)["runs"]
     assert {r["info"]["run_id"] for r in listed} >= {parent}
     assert len(listed) == 3

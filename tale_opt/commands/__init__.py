@@ -10,8 +10,10 @@
     pipeline baseline, TALE, FT, TALE → FT, FT → TALE, TALE → FT → TALE: one table
 
 Bad input -- an unknown group choice or key, a missing path, a malformed data file, an
-invalid value -- prints one `error:` line naming the problem and the fix and exits with code
-2; `debug=true` shows the traceback instead. A search that failed while running exits with 1.
+invalid value, an unwritable run directory -- prints one `error:` line naming the problem and
+the fix and exits with code 2; a search that fails while running exits with 1, Ctrl-C with 130
+(one line each); `debug=true` shows the traceback instead. A run that fails before doing any
+work leaves no run directory behind.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from tale_opt.errors import UsageError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 DEFAULT = "tale_opt.commands.search"
 # Subcommand name -> module with `main(argv)`; anything else is a search's Hydra overrides.
 SUBCOMMANDS = {
@@ -37,10 +40,21 @@ SUBCOMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
-        return
-    importlib.import_module(DEFAULT).main(argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    from tale_opt.credentials import install_log_masking
+
+    install_log_masking()
+    try:
+        if command is not None:
+            importlib.import_module(SUBCOMMANDS[command]).main(argv[1:])
+        else:
+            importlib.import_module(DEFAULT).main(argv)
+    except KeyboardInterrupt:
+        if is_debug(argv):
+            raise
+        again = "; the same command resumes it (finished candidates are kept)"
+        print(f"error: interrupted{again if command is None else ''}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def fail(err: BaseException, debug: bool) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from tale_opt.errors import UsageError, did_you_mean
 from tale_opt.types import DropSet
 
+# Final (most layers dropped; exactly n_drop with n_drop=k) is the pick criteria are compared on.
 PICKS = ("best", "bsba", "ae_hm", "final", "baseline")
 
 
@@ -76,8 +77,10 @@ class FinishedRun:
             raise UsageError(f"unknown pick {pick!r}.{did_you_mean(pick, PICKS)}")
         entry = self.summary.get(pick)
         if not isinstance(entry, dict) or "drop_layers" not in entry:
-            raise UsageError(f"{self.run_dir}/summary.json has no {pick!r} pick; choose "
-                             f"another of {', '.join(PICKS)}")  # fmt: skip
+            raise UsageError(
+                f"{self.run_dir}/summary.json has no {pick!r} pick (a run of an older "
+                f"version); choose another of {', '.join(PICKS)}"
+            )
         return DropSet.of(entry["drop_layers"])
 
     @property

@@ -30,9 +30,10 @@ from typing import Any
 import optuna
 from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from sqlalchemy import event
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DatabaseError, ProgrammingError
 
 from tale_opt import validate
+from tale_opt.credentials import mask
 from tale_opt.errors import UsageError, did_you_mean
 
 # Heartbeats and stale-trial retry are "experimental" in Optuna 5 and warn on every use.
@@ -139,11 +140,6 @@ class StorageConfig:
         return args
 
 
-def mask(url: str | None) -> str:
-    """`url` with its password replaced by ***."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url or "")
-
-
 def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storages.BaseStorage:
     """Build the Optuna storage that `config` describes.
 
@@ -189,7 +185,7 @@ def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storag
         storage = optuna.storages.RDBStorage(
             url, engine_kwargs=engine_kwargs, skip_table_creation=not create, **liveness
         )
-    except (OperationalError, ProgrammingError, StorageInternalError) as err:
+    except (DatabaseError, StorageInternalError) as err:
         # Optuna wraps errors inside its sessions; the driver's message is on the cause.
         cause = err.__cause__ if isinstance(err, StorageInternalError) else err
         orig = getattr(cause, "orig", None)
@@ -198,6 +194,12 @@ def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storag
         if not create and (isinstance(cause, ProgrammingError) or config.kind == "sqlite"):
             raise StorageNotReady(
                 f"{config.describe()} has no tale_opt tables yet ({reason})"
+            ) from err
+        if config.kind == "sqlite":
+            raise UsageError(
+                f"cannot use the sqlite storage {config.path} ({reason}); storage.path must be "
+                "a SQLite file tale_opt may read and write (or a new path): move a damaged or "
+                "foreign file away, or choose another storage.path"
             ) from err
         raise UsageError(
             f"cannot reach the {config.kind} storage {config.describe()} ({reason}); start the "

@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError
 
 from searchers.base import Searcher
 from tale_opt.coordination import study as st
@@ -59,13 +59,45 @@ def storage_errors_as_search_failed() -> Iterator[None]:
     """A database that stops answering mid-search ends it with one clear line, not a trace."""
     try:
         yield
-    except (StorageInternalError, OperationalError) as err:
+    except (StorageInternalError, DatabaseError) as err:
         cause = err.__cause__ or err
         reason = " ".join(str(getattr(cause, "orig", None) or cause).split())[:300]
         raise SearchFailed(
             f"lost the trial storage ({reason}); once the database answers again, run the "
             "same command again: finished trials are kept"
         ) from err
+
+
+class _DropTrialFailures(logging.Filter):
+    """Drops Optuna's "Trial N failed ..." warning, which carries the whole traceback: every
+    one, or only those of a Ctrl-C (a traceback that says nothing)."""
+
+    def __init__(self, interrupts_only: bool) -> None:
+        super().__init__()
+        self.interrupts_only = interrupts_only
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not (message.startswith("Trial ") and " failed" in message):
+            return True
+        if not self.interrupts_only:
+            return False
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, KeyboardInterrupt)
+
+
+@contextlib.contextmanager
+def quiet_trial_failures(*, interrupts_only: bool = False) -> Iterator[None]:
+    """Silence Optuna's traceback of a failed trial where the caller reports the failure
+    itself in one line (the coordinator evaluating in-process; the error stays on the trial),
+    or, with `interrupts_only`, only that of a Ctrl-C (a worker keeps real errors' traces)."""
+    logger = logging.getLogger("optuna.study._optimize")
+    dropper = _DropTrialFailures(interrupts_only)
+    logger.addFilter(dropper)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropper)
 
 
 def worker_id() -> str:
@@ -202,7 +234,7 @@ def run_worker(
     Returns:
         Counts of what this worker did.
     """
-    with storage_errors_as_search_failed():
+    with storage_errors_as_search_failed(), quiet_trial_failures(interrupts_only=True):
         return _work(study, evaluate, poll_interval, idle_timeout, keep_going)
 
 

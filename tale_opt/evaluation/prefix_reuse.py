@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
+
 from tale_opt import validate
 from tale_opt.evaluation.evaluator import Evaluator, PreparedSplit
 from tale_opt.evaluation.prefix import PREFIX_SCORING, PrefixCache
@@ -78,6 +80,19 @@ class PrefixReuse:
         return self.evaluator.evaluate(
             self.prepared, drop, progress=progress, prefix=cache, **options
         )
+
+    def release(self) -> int:
+        """Drop the cached states and forget the round base; returns the bytes they held.
+
+        For when the candidates are done (the same model then measures latency and scores the
+        held-out split, which need the memory, not the states). A later candidate simply
+        captures again.
+        """
+        held = self.cache.nbytes if self.cache is not None else 0
+        self.cache, self._base, self._previous = None, None, None
+        if held and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # hand the freed blocks back, not just to torch's pool
+        return held
 
     def _cache_for(self, drop: DropSet, hint: DropSet | None) -> PrefixCache | None:
         previous, self._previous = self._previous, drop

@@ -247,7 +247,7 @@ class CandidateEvaluator:
         log.info("loading model %s", spec.path)
         self.model, self.tokenizer = load_model(spec)
         self.evaluator = build_evaluator(config, self.model, self.tokenizer, task)
-        self.prepared = self.evaluator.prepare(splits.optimization)
+        self.prepared = self.evaluator.prepare(splits.optimization, split="optimization")
         # Across the trials of a round, candidates start from the round base's hidden states.
         self.reuse = PrefixReuse(
             self.evaluator,
@@ -295,6 +295,7 @@ class CandidateEvaluator:
             runner = self._probe_runner = ProbeRunner(
                 self.model, self.tokenizer, text, task=self.task,
                 examples=self.splits.optimization, batch_size=self.evaluator.batch_size,
+                chat_template=self.evaluator.chat_template,
             )  # fmt: skip
         return runner(candidate)
 
@@ -319,6 +320,15 @@ class CandidateEvaluator:
         status = Status.COMPLETE if res.complete else Status.PRUNED  # pruned: an upper bound
         return Observation(candidate, res.accuracy, metrics, extras, status)
 
+    def release_caches(self) -> None:
+        """Free what only the search needs (the round base's cached hidden states, the probe
+        text) once it is over: the same model then measures latency and scores the held-out
+        split, and on a GPU those states can take more memory than the weights."""
+        held = self.reuse.release()
+        self._probe_runner = None
+        if held:
+            log.info("search done: released %.3f GiB of cached hidden states", held / 2**30)
+
     def tflops(self, drop: DropSet) -> float:
         """Analytic TFLOPs of scoring the optimization split without the layers in `drop`.
 
@@ -334,14 +344,5 @@ class CandidateEvaluator:
 
 
 def prediction_rows(res: Any) -> list[dict[str, Any]]:
-    """One JSON-friendly row per example of an `EvalResult`."""
-    return [
-        {
-            "id": p.example_id,
-            "prediction": p.prediction,
-            "gold": p.gold,
-            "correct": p.correct,
-            "output": p.text,
-        }
-        for p in res.predictions
-    ]
+    """One JSON-friendly row per example of an `EvalResult` (see `Prediction.record`)."""
+    return [p.record(res.scoring) for p in res.predictions]

@@ -1,4 +1,5 @@
-"""Plan of one search: check the config, draw the splits, build the searcher, open the study.
+"""Plan of one search: check the config, draw the splits, build the searcher, reach the storage;
+`open_search_study` opens the study once the model has loaded.
 
 Everything that can be checked without model weights is checked here, before any are loaded:
 the top-level values, the evaluation options, and the searcher's options, which are bound to
@@ -19,7 +20,7 @@ from typing import Any
 import searchers
 from tale_opt import validate
 from tale_opt.coordination.storage import StorageConfig, open_storage
-from tale_opt.coordination.study import default_study_name, open_study
+from tale_opt.coordination.study import check_study, default_study_name, open_study
 from tale_opt.errors import ConfigValueError, UsageError, did_you_mean
 from tale_opt.pipeline.candidates import (
     check_eval_options,
@@ -52,11 +53,14 @@ class SearchPlan:
     searcher: Any
     num_layers: int
     storage: StorageConfig
-    study: Any
     workers: int
     threads: int | None
     lam: float
     latency: Any  # LatencySettings, or None to skip measuring latency
+    study_name: str
+    fingerprint: dict[str, Any]
+    optuna_storage: Any  # the opened storage: reachable, but no study in it yet
+    study: Any = None  # set by `open_search_study`, once the model has loaded
 
 
 @dataclass
@@ -95,7 +99,8 @@ def check_config(cfg: Mapping[str, Any]) -> CheckedConfig:
 
 
 def plan_search(cfg: Mapping[str, Any]) -> SearchPlan:
-    """Validate `cfg`, draw the splits, build the searcher and open (or resume) the study.
+    """Validate `cfg`, draw the splits, build the searcher and reach the storage; no study is
+    created yet (see `open_search_study`).
 
     Raises:
         UsageError: Any bad value, unreachable storage, or a study of another search.
@@ -114,20 +119,32 @@ def plan_search(cfg: Mapping[str, Any]) -> SearchPlan:
     name = cfg.get("study") or default_study_name(
         [task.name, config["model_name"], searcher.name, f"s{seed}"], fingerprint
     )
-    study = open_study(open_storage(storage), str(name), fingerprint, config)
+    optuna_storage = open_storage(storage)
+    check_study(optuna_storage, str(name), fingerprint)
+    return SearchPlan(
+        cfg, config, task, splits, spec, searcher, num_layers, storage, checked.workers,
+        checked.threads, checked.lam, checked.latency, str(name), fingerprint, optuna_storage,
+    )  # fmt: skip
+
+
+def open_search_study(plan: SearchPlan) -> None:
+    """Open (or resume) the search's study: only once everything else is known to work, so a
+    bad model or storage never leaves an empty study behind.
+
+    Raises:
+        UsageError: The study name belongs to another search (its fingerprint differs).
+    """
+    plan.study = open_study(plan.optuna_storage, plan.study_name, plan.fingerprint, plan.config)
     log.info(
         "%s: %d decoder layers; %s: %d optimization / %d held-out examples; study %s in %s",
-        config["model_name"], num_layers, task.name, len(splits.optimization),
-        len(splits.evaluation), name, storage.describe(),
+        plan.config["model_name"], plan.num_layers, plan.task.name,
+        len(plan.splits.optimization), len(plan.splits.evaluation), plan.study_name,
+        plan.storage.describe(),
     )  # fmt: skip
     log.info(
         "more workers can join from any machine that reaches the storage: "
         "python -m tale_opt worker %s study=%s",
-        " ".join(storage.join_args()), name,
-    )  # fmt: skip
-    return SearchPlan(
-        cfg, config, task, splits, spec, searcher, num_layers, storage, study, checked.workers,
-        checked.threads, checked.lam, checked.latency,
+        " ".join(plan.storage.join_args()), plan.study_name,
     )  # fmt: skip
 
 

@@ -21,7 +21,7 @@ from tale_opt.coordination.local_workers import LocalWorkers
 from tale_opt.pipeline import worker
 from tale_opt.pipeline.candidates import CandidateEvaluator, build_evaluator, early_stop_option
 from tale_opt.pipeline.outputs import RunWriter, write_text_atomic
-from tale_opt.pipeline.plan import SearchPlan, plan_search
+from tale_opt.pipeline.plan import SearchPlan, open_search_study, plan_search
 from tale_opt.pipeline.significance import (
     chance_level,
     noise_warnings,
@@ -53,9 +53,15 @@ def run(
     """
     started = time.perf_counter()
     plan = plan_search(cfg)
-    tracking = SearchTracking.start(cfg, launch_dir=launch_dir, run_name=plan.study.study_name)
+    evaluate = None
+    if plan.workers == 0:  # load the model before anything is recorded: it may not load
+        evaluate = CandidateEvaluator(
+            plan.config, task=plan.task, splits=plan.splits, progress=True
+        )
+    open_search_study(plan)
+    tracking = SearchTracking.start(cfg, launch_dir=launch_dir, run_name=plan.study_name)
     try:
-        summary = _run(plan, tracking, Path(out_dir), started)
+        summary = _run(plan, evaluate, tracking, Path(out_dir), started)
     except KeyboardInterrupt:
         tracking.abort("KILLED")
         raise
@@ -65,18 +71,23 @@ def run(
     return summary
 
 
-def _run(plan: SearchPlan, tracking: SearchTracking, out_dir: Path, started: float) -> dict:
-    evaluate = None
-    if plan.workers == 0:
-        evaluate = CandidateEvaluator(
-            plan.config, task=plan.task, splits=plan.splits, progress=True
-        )
+def _run(
+    plan: SearchPlan, evaluate: Any, tracking: SearchTracking, out_dir: Path, started: float
+) -> dict:
+    heldout_split = None
+    if evaluate is not None:
+        # Tokenized and checked (options, context length) now, not after a long search.
+        heldout_split = evaluate.evaluator.prepare(plan.splits.evaluation, split="held-out")
     with RunWriter(out_dir) as writer:
         loaded = time.perf_counter()
         result = _search(plan, evaluate, writer, tracking)
         searched = time.perf_counter()
+        if evaluate is not None:
+            evaluate.release_caches()  # before latency and held-out need the memory
         evaluator = evaluate.evaluator if evaluate is not None else _load_evaluator(plan)
-        prepared = evaluator.prepare(plan.splits.evaluation)
+        prepared = heldout_split
+        if prepared is None:  # workers=N: the model was loaded only now
+            prepared = evaluator.prepare(plan.splits.evaluation, split="held-out")
         costs = accepted_costs(evaluator, result.trajectory, plan.latency, prepared)
         tracking.log_costs(result.trajectory, costs)
         picks = pick_configurations(result, plan.num_layers, plan.lam, costs)
@@ -157,11 +168,11 @@ def _search(
         if not obs.drop and obs.candidate.probe == TASK_ACCURACY and obs.complete:
             writer.write_predictions("optimization_baseline", obs.extras.get("predictions", []))
             _log_baseline(obs.metrics, chance, plan.cfg["eval"].get("scoring"), plan.task)
-        accepted = searcher.accepted  # empty for searchers that accept only at the end
-        if accepted:
-            writer.write_accepted(accepted, searcher.threshold)
-            if accepted[0].candidate.probe == TASK_ACCURACY:
-                report_accepted(accepted)
+        # After every candidate, for greedy and one-shot searchers alike.
+        accepted = searcher.accepted
+        writer.write_accepted(accepted, searcher.threshold)
+        if accepted and accepted[0].candidate.probe == TASK_ACCURACY:
+            report_accepted(accepted)
 
     try:
         result = run_coordinator(

@@ -112,6 +112,9 @@ def spawned(
     """Entry point of a `workers=N` process (see coordination/local_workers.py)."""
     import sys
 
+    from tale_opt.credentials import install_log_masking
+
+    install_log_masking()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
     try:
         run(storage, study, idle_timeout=None, threads=threads, parent_pid=parent_pid)
@@ -120,3 +123,6 @@ def spawned(
             raise
         print(f"error: worker {worker_id()}: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, UsageError) else 1)
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the whole process group: the coordinator says it, once.
+        sys.exit(130)

@@ -12,6 +12,7 @@ from tale_opt.reporting.compare import (
     COMPARISON_MD,
     COMPARISON_PNG,
     comparison_markdown,
+    left_out_note,
     search_view,
 )
 from tale_opt.reporting.compare_plot import plot_comparison
@@ -31,11 +32,13 @@ def write_comparison_report(
 ) -> tuple[Path, Path]:
     """Write comparison.md and comparison.png for `records` (parent runs) into `out_dir`."""
     views = [search_view(r) for r in records]
+    if not any(v.has_result for v in views):
+        raise UsageError(f"nothing to compare: {left_out_note(views)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = out / COMPARISON_MD
     md.write_text(comparison_markdown(views, source))
-    png = plot_comparison(views, out / COMPARISON_PNG)
+    png = plot_comparison([v for v in views if v.has_result], out / COMPARISON_PNG)
     return md, png
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tale_opt.credentials import mask
 from tale_opt.tracking import records as rec
 from tale_opt.tracking._client import make_client
 from tale_opt.tracking.base import Tracker, TrackingWarning
@@ -36,7 +37,9 @@ _PAGE = 1000
 
 
 def _tags(tags: Mapping[str, Any]) -> dict[str, str]:
-    return {rec.sanitize_key(k): rec.truncate(str(v), rec.MAX_TAG_LENGTH) for k, v in tags.items()}
+    # Masked here, where every tag is written: a URL in a tag must not carry its password.
+    limit = rec.MAX_TAG_LENGTH
+    return {rec.sanitize_key(k): rec.truncate(mask(str(v)), limit) for k, v in tags.items()}
 
 
 class MlflowTracker(Tracker):
@@ -162,7 +165,8 @@ class MlflowTracker(Tracker):
 
         client, now = self._client(), int(time.time() * 1000)
         metric_list = [Metric(k, v, now, step) for k, v in (metrics or {}).items()]
-        param_list = [Param(k, v) for k, v in (params or {}).items()]
+        # Params are the resolved config: storage.url / tracking.uri may carry a password.
+        param_list = [Param(k, mask(str(v))) for k, v in (params or {}).items()]
         tag_list = [RunTag(k, v) for k, v in _tags(tags or {}).items()]
         # MLflow's per-request limits: 1000 metrics, 100 params, 100 tags.
         for i in range(0, len(metric_list), 1000):

@@ -10,13 +10,13 @@ writes to the same file.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from tale_opt import validate
+from tale_opt.credentials import mask
 from tale_opt.errors import UsageError, did_you_mean
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -118,7 +118,7 @@ def resolve_tracking_uri(uri: str, base_dir: str | os.PathLike[str] | None = Non
 
 def redact(uri: str) -> str:
     """`uri` without a password (``postgresql://user:***@host/db``), for messages."""
-    return re.sub(r"(://[^/:@]+):[^@/]*@", r"\1:***@", uri)
+    return mask(uri)
 
 
 def sqlite_path(uri: str) -> Path | None:
