@@ -12,6 +12,7 @@ import gc
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from tale_opt.errors import UsageError
@@ -143,10 +144,18 @@ def _check_same_splits(job: FinetuneJob, splits: Any) -> None:
 
 
 def _heldout_before(job: FinetuneJob, spec: ModelSpec, scorer: HeldoutScorer) -> dict:
-    """The starting model's held-out record (scored once; read back on a resume)."""
+    """The starting model's held-out record (scored once; read back on a resume). A pick of a
+    search was scored by the search itself, on this split with these evaluator options (the
+    splits' fingerprint was checked): its record and predictions are taken from there."""
     saved = job.out_dir / outputs.BEFORE_JSON
     if saved.is_file() and outputs.has_predictions(job.out_dir, "heldout_before"):
         return json.loads(saved.read_text())
+    reused = _search_heldout(job)
+    if reused is not None:
+        record, rows = reused
+        outputs.write_predictions(job.out_dir, "heldout_before", rows)
+        outputs.write_json(saved, record)
+        return record
     log.info("held-out accuracy of the starting model (drop %s)", job.drop.key or "none")
     model, tokenizer = load_model(spec)
     result, tflops = scorer.score(model, tokenizer, job.drop)
@@ -156,6 +165,26 @@ def _heldout_before(job: FinetuneJob, spec: ModelSpec, scorer: HeldoutScorer) ->
     del model
     gc.collect()
     return record
+
+
+def _search_heldout(job: FinetuneJob) -> tuple[dict, list[dict]] | None:
+    """The search's held-out record and predictions of the pick fine-tuned, if it has them."""
+    if job.origin.get("kind") != "search":
+        return None
+    run_dir, pick = Path(job.origin["run_dir"]), job.origin["pick"]
+    rows_file = run_dir / "predictions" / f"heldout_{pick}.jsonl"
+    summary_file = run_dir / "summary.json"
+    if not (rows_file.is_file() and summary_file.is_file()):
+        return None
+    summary = json.loads(summary_file.read_text())
+    entry = summary.get(pick) or {}
+    if "heldout" not in entry or "tflops" not in entry:
+        return None
+    record = {k: v for k, v in entry["heldout"].items() if k != "vs_baseline"}
+    record["tflops_per_example"] = entry["tflops"] / max(1, summary["n_eval"])
+    record["scored_by"] = str(run_dir)
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    return record, rows
 
 
 def _training(job: FinetuneJob, spec: ModelSpec, task: Any, examples: list, run: Any) -> dict:

@@ -66,18 +66,23 @@ def run_stages(plan: StagePlan) -> dict[str, dict[str, Any]]:
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     base = plan.model
     summaries: dict[str, dict[str, Any]] = {}
-    summaries["tale"] = _search(plan, "tale", base)
-    summaries["ft"] = _finetune(plan, "ft", DropSet(), {"kind": "model"}, None)
-    tale = summaries["tale"]
-    origin = {
-        "kind": "search",
-        "run_dir": str(plan.out_dir / "tale"),
-        "pick": plan.pick,
-        "splits_fingerprint": tale.get("splits_fingerprint"),
-    }
+    summaries["tale"] = tale = _search(plan, "tale", base)
+
+    def origin(pick: str) -> dict[str, Any]:
+        # Both fine-tunes start from a configuration of the TALE search (FT only from its
+        # Baseline, the full model): they are nested under its run and reuse its held-out
+        # scores of their starting model.
+        return {
+            "kind": "search",
+            "run_dir": str(plan.out_dir / "tale"),
+            "pick": pick,
+            "splits_fingerprint": tale.get("splits_fingerprint"),
+        }
+
     parent = (tale.get("tracking") or {}).get("parent_run_id")
+    summaries["ft"] = _finetune(plan, "ft", DropSet(), origin("baseline"), parent)
     pick_drop = DropSet.of(tale[plan.pick]["drop_layers"])
-    summaries["tale_ft"] = _finetune(plan, "tale_ft", pick_drop, origin, parent)
+    summaries["tale_ft"] = _finetune(plan, "tale_ft", pick_drop, origin(plan.pick), parent)
     name = base.get("name") or base.get("path")
     summaries["ft_tale"] = _search(
         plan, "ft_tale", {**base, "path": summaries["ft"]["merged"], "name": f"{name}+FT"}
