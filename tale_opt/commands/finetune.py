@@ -113,7 +113,7 @@ def _from_run(cfg: Mapping[str, Any], argv: Sequence[str]) -> dict[str, Any]:
         model["device"] = cfg["model"]["device"]
     search = run.config
     tracking = dict(cfg.get("tracking") or {})
-    if tracking.get("kind") == "mlflow" and run.tracking_uri:
+    if tracking.get("kind") == "mlflow" and run.tracking_uri and not has_secret_mask(run):
         tracking["uri"] = run.tracking_uri  # where the search's parent run is
     return {
         "model": model,
@@ -133,6 +133,14 @@ def _from_run(cfg: Mapping[str, Any], argv: Sequence[str]) -> dict[str, Any]:
         "parent_run_id": run.parent_run_id,
         "default_out": run.run_dir / f"finetune_{pick}",
     }
+
+
+def has_secret_mask(run: FinishedRun) -> bool:
+    """The run recorded its tracking URI with the password masked: the fine-tune's own
+    `tracking.uri` (or $MLFLOW_TRACKING_URI) must say where to log then."""
+    from tale_opt.credentials import MASKED
+
+    return MASKED in str(run.tracking_uri)
 
 
 def _search_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:

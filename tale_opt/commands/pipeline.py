@@ -85,4 +85,7 @@ def _save_config(cfg: Mapping[str, Any], out: Path) -> None:
     from omegaconf import OmegaConf
 
     (out / ".hydra").mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(dict(cfg)), out / ".hydra" / "config.yaml")
+    from tale_opt.credentials import mask_values
+
+    config = OmegaConf.create(mask_values(dict(cfg)))  # never a password on disk
+    OmegaConf.save(config, out / ".hydra" / "config.yaml")

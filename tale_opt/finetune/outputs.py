@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tale_opt.credentials import mask_values
 from tale_opt.pipeline.outputs import write_json_atomic, write_text_atomic
 from tale_opt.stats import accuracy_interval, format_accuracy, format_p
 
@@ -73,7 +74,8 @@ def write_loss_curve(out: Path, history: Sequence[Mapping[str, float]]) -> None:
 
 
 def write_summary(out: Path, summary: Mapping[str, Any]) -> None:
-    write_json_atomic(out / SUMMARY_JSON, summary)
+    # It names the tracking URI: never with its password.
+    write_json_atomic(out / SUMMARY_JSON, mask_values(dict(summary)))
     write_text_atomic(out / SUMMARY_MD, summary_markdown(summary) + "\n")
 
 
