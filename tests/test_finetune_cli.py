@@ -85,7 +85,7 @@ def test_from_a_finished_search_to_a_healed_exported_model(tiny_model_dir, tmp_p
     [run] = [
         r for r in child_runs(MLFLOW_URI, parent) if r.tags.get("tale_opt.kind") == "finetune"
     ]
-    assert run.info.run_id == summary["tracking"]["run_id"]
+    assert run.run_id == summary["tracking"]["run_id"]
     assert run.metrics["heldout.after.accuracy"] == held["after"]["accuracy"]
     assert "train.loss" in run.metrics and "train.learning_rate" in run.metrics
 
