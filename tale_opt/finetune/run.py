@@ -57,12 +57,12 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     spec = ModelSpec(**job.model)
     skeleton = model_skeleton(spec)  # no weights: bad names fail before any work is done
     check_target_modules(skeleton, job.settings.target_modules)
-    job.claim_out_dir()
     started = time.perf_counter()
     task = build_task(job.task)
     splits = load_splits(job.task, seed=job.seed, n_opt=job.n_opt, n_eval=job.n_eval)
     _check_same_splits(job, splits)
     examples, data_info = training_examples(job.task, splits, job.settings.seed, job.settings.data)
+    job.claim_out_dir()  # every check passed: only now is anything written
     scorer = HeldoutScorer(job.eval, task, splits.evaluation)
     run = FinetuneRun.start(
         job.tracking, base_dir=job.launch_dir, params=_params(job), tags=_tags(job, task),
