@@ -262,3 +262,22 @@ def test_an_unknown_target_module_names_the_ones_there_are(tiny_model):
         check_target_modules(tiny_model("llama"), ("q_prj", "v_proj"))
     assert "no linear layer named 'q_prj'. Did you mean 'q_proj'?" in str(err.value)
     assert "down_proj" in str(err.value)
+
+
+def test_a_pick_that_repeats_an_earlier_drop_set_reads_that_picks_predictions(tmp_path):
+    """A search writes held-out predictions once per distinct configuration: a Best that drops
+    nothing shares the Baseline's file."""
+    from tale_opt.finetune.heldout import search_predictions_file
+
+    (tmp_path / "predictions").mkdir()
+    for name in ("baseline", "final"):
+        (tmp_path / "predictions" / f"heldout_{name}.jsonl").write_text("{}\n")
+    summary = {
+        "baseline": {"drop_layers": []},
+        "best": {"drop_layers": []},
+        "final": {"drop_layers": [21]},
+    }
+    find = search_predictions_file
+    assert find(tmp_path, summary, "best") == tmp_path / "predictions" / "heldout_baseline.jsonl"
+    assert find(tmp_path, summary, "final") == tmp_path / "predictions" / "heldout_final.jsonl"
+    assert find(tmp_path, {"ae_hm": {"drop_layers": [3]}}, "ae_hm") is None

@@ -9,6 +9,7 @@ analytic TFLOPs per example.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from tale_opt import stats
@@ -67,6 +68,23 @@ def paired_by_id(
     if not ids:
         raise ValueError("the two prediction files share no example")
     return stats.paired_comparison([mine[i] for i in ids], [theirs[i] for i in ids]).as_dict()
+
+
+# The order a search evaluates its picks in: a pick whose drop set an earlier pick has is not
+# evaluated again, and its predictions are in that earlier pick's file.
+SEARCH_PICKS = ("baseline", "best", "bsba", "ae_hm", "final")
+
+
+def search_predictions_file(run_dir: Path, summary: Mapping[str, Any], pick: str) -> Path | None:
+    """The held-out predictions of a search's `pick`: its own file, else the file of the
+    first pick with the same drop set (written once per distinct configuration)."""
+    drop = (summary.get(pick) or {}).get("drop_layers")
+    for name in (pick, *SEARCH_PICKS):
+        path = run_dir / "predictions" / f"heldout_{name}.jsonl"
+        same = (summary.get(name) or {}).get("drop_layers") == drop
+        if same and path.is_file():
+            return path
+    return None
 
 
 def predictions(result: Any) -> list[dict[str, Any]]:

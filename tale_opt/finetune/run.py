@@ -18,7 +18,12 @@ from typing import Any
 from tale_opt.errors import UsageError
 from tale_opt.finetune import outputs
 from tale_opt.finetune.data import encode_training, training_examples
-from tale_opt.finetune.heldout import HeldoutScorer, paired_by_id, predictions
+from tale_opt.finetune.heldout import (
+    HeldoutScorer,
+    paired_by_id,
+    predictions,
+    search_predictions_file,
+)
 from tale_opt.finetune.job import FinetuneJob
 from tale_opt.finetune.lineage import lineage_of
 from tale_opt.finetune.lora import (
@@ -172,12 +177,14 @@ def _search_heldout(job: FinetuneJob) -> tuple[dict, list[dict]] | None:
     if job.origin.get("kind") != "search":
         return None
     run_dir, pick = Path(job.origin["run_dir"]), job.origin["pick"]
-    rows_file = run_dir / "predictions" / f"heldout_{pick}.jsonl"
     summary_file = run_dir / "summary.json"
-    if not (rows_file.is_file() and summary_file.is_file()):
+    if not summary_file.is_file():
         return None
     summary = json.loads(summary_file.read_text())
+    rows_file = search_predictions_file(run_dir, summary, pick)
     entry = summary.get(pick) or {}
+    if rows_file is None:
+        return None
     if "heldout" not in entry or "tflops" not in entry:
         return None
     record = {k: v for k, v in entry["heldout"].items() if k != "vs_baseline"}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tale_opt.finetune import outputs as ft_outputs
-from tale_opt.finetune.heldout import paired_by_id
+from tale_opt.finetune.heldout import paired_by_id, search_predictions_file
 from tale_opt.finetune.lineage import Lineage
 from tale_opt.pipeline.outputs import write_json_atomic, write_text_atomic
 from tale_opt.stats import format_accuracy, format_p
@@ -49,7 +49,7 @@ def _search_row(stage: str, summary: Mapping[str, Any], pick: str, out: Path,
         "ci_low": held.get("accuracy_ci_low"),
         "ci_high": held.get("accuracy_ci_high"),
         "tflops_per_example": entry.get("tflops", 0.0) / max(1, summary["n_eval"]),
-        "predictions": str(out / "predictions" / f"heldout_{pick}.jsonl"),
+        "predictions": str(search_predictions_file(out, summary, pick)),
         "wall_s": (summary.get("timings") or {}).get("total_s"),
     }
 
