@@ -37,21 +37,22 @@ def plot_stage_table(rows: Sequence[Mapping[str, Any]], path: str | Path, *,
         if acc is None:
             continue
         low, high = row.get("ci_low", acc), row.get("ci_high", acc)
-        x = row["n_dropped"]
+        # Stages side by side around their layer count, so equal counts do not overlap.
+        x = row["n_dropped"] + 0.06 * (i - (len(rows) - 1) / 2)
         ax.errorbar(
             [x], [100 * acc], yerr=[[100 * (acc - low)], [100 * (high - acc)]],
             fmt="o", capsize=4, color=f"C{i}", label=row["stage"],
         )  # fmt: skip
-        ax.annotate(row["stage"], (x, 100 * acc), textcoords="offset points", xytext=(6, 4),
-                    fontsize=8)  # fmt: skip
         if row.get("is_baseline"):
             baseline = acc
     if baseline is not None:
         ax.axhline(100 * baseline, ls="--", color="grey", lw=1)
     if chance is not None:
         ax.axhline(100 * chance, ls=":", color="black", lw=1, label="chance")
+    counts = sorted({row["n_dropped"] for row in rows})
+    ax.set_xticks(counts)
     ax.set_xlabel("decoder layers dropped")
     ax.set_ylabel("held-out accuracy % (95% CI)")
     ax.set_title(title or "TALE and fine-tuning")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="lower left", ncols=2)
     return save(fig, path)
