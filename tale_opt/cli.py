@@ -108,7 +108,9 @@ def _search(cfg) -> None:  # the Hydra task function
         container = OmegaConf.to_container(cfg, resolve=True)
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         from tale_opt import app
+        from tale_opt.coordination.console import quiet_optuna
 
+        quiet_optuna()
         app.run(container, out_dir, launch_dir=get_original_cwd())
     except (UsageError, SearchFailed) as err:
         _fail(err, debug)
@@ -141,7 +143,9 @@ def _worker(argv: Sequence[str]) -> None:
             ) from err
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
         from tale_opt import worker_main
+        from tale_opt.coordination.console import quiet_optuna
 
+        quiet_optuna()
         worker_main.run(
             container["storage"],
             str(container["study"]),

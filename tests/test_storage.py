@@ -126,7 +126,14 @@ def test_observation_round_trips_through_a_trial(tmp_path):
     assert run_one(study, evaluate)
     (trial,) = study.get_trials()
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.625
-    assert trial.user_attrs[st.DROP] == "2,5" and trial.user_attrs[st.ROUND] == 2
+    assert st.candidate_of(trial) == candidate
+    # The candidate key is the one place the drop set and probe are stored; the round
+    # (number of dropped layers) is derived from it, and the score is the trial's value.
+    assert {k for k in trial.user_attrs if k.startswith("tale_opt.")} == {
+        st.MARKER, st.WORKER, st.RESULT
+    }
+    assert trial.user_attrs[st.MARKER] == "task_accuracy:2,5"
+    assert "score" not in trial.user_attrs[st.RESULT]
     obs = st.observation_of(trial)
     assert obs == Observation(candidate, 0.625, {"accuracy": 0.625}, {"note": "x"})
     assert obs.status is Status.COMPLETE

@@ -10,7 +10,11 @@ Three kinds (conf/storage/):
   from ``storage.url`` or the environment variable ``TALE_OPT_STORAGE_URL``.
 * ``journal``: Optuna's append-only log file, for a shared filesystem (NFS) where SQLite's
   locking is unreliable. Claims are atomic by log order. Optuna's `JournalStorage` has no
-  heartbeats, so `HeartbeatJournalStorage` adds them (see journal.py).
+  heartbeats, so `HeartbeatJournalStorage` adds them (see optuna_adapter.py).
+
+SQLite and PostgreSQL storages are `ReconnectingRDBStorage`s: an operation whose database
+connection drops mid-transaction is retried on a new one (a few times, with backoff; see
+reconnect.py), so a restarted or failed-over server does not end a long search.
 
 Every kind gets heartbeats and `RetryHeartbeatStaleTrialCallback`: a trial whose worker stops
 beating for `grace_period` seconds is failed and re-enqueued (same user attrs) by whoever calls
@@ -21,21 +25,18 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import ExperimentalWarning, StorageInternalError
+from optuna.exceptions import StorageInternalError
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from tale_opt.coordination.optuna_adapter import HeartbeatJournalStorage, ReconnectingRDBStorage
 from tale_opt.errors import UsageError, did_you_mean
-
-# Heartbeats and stale-trial retry are "experimental" in Optuna 5 and warn on every use.
-warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
 URL_ENV = "TALE_OPT_STORAGE_URL"
 KINDS = ("sqlite", "postgres", "journal")
@@ -174,8 +175,6 @@ def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storag
             )
         path.parent.mkdir(parents=True, exist_ok=True)
     if config.kind == "journal":
-        from tale_opt.coordination.journal import HeartbeatJournalStorage
-
         return HeartbeatJournalStorage(str(config.path), **liveness)
     if config.kind == "sqlite":
         url = f"sqlite:///{config.path}"
@@ -186,10 +185,12 @@ def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storag
         url = re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", config.url)
         engine_kwargs = {
             "connect_args": {"connect_timeout": config.connect_timeout},
-            "pool_pre_ping": True,  # survive server restarts during a long search
+            # Replace pooled connections that died while idle; ReconnectingRDBStorage retries
+            # operations whose connection dies while in use.
+            "pool_pre_ping": True,
         }
     try:
-        storage = optuna.storages.RDBStorage(
+        storage = ReconnectingRDBStorage(
             url, engine_kwargs=engine_kwargs, skip_table_creation=not create, **liveness
         )
     except (OperationalError, ProgrammingError, StorageInternalError) as err:
