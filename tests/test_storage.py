@@ -130,7 +130,9 @@ def test_observation_round_trips_through_a_trial(tmp_path):
     # The candidate key is the one place the drop set and probe are stored; the round
     # (number of dropped layers) is derived from it, and the score is the trial's value.
     assert {k for k in trial.user_attrs if k.startswith("tale_opt.")} == {
-        st.MARKER, st.WORKER, st.RESULT
+        st.MARKER,
+        st.WORKER,
+        st.RESULT,
     }
     assert trial.user_attrs[st.MARKER] == "task_accuracy:2,5"
     assert "score" not in trial.user_attrs[st.RESULT]
