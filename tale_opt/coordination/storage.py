@@ -36,6 +36,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from tale_opt.coordination.optuna_adapter import HeartbeatJournalStorage, ReconnectingRDBStorage
+from tale_opt.coordination.reconnect import Reconnect
 from tale_opt.errors import UsageError, did_you_mean
 
 URL_ENV = "TALE_OPT_STORAGE_URL"
@@ -189,10 +190,17 @@ def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storag
             # operations whose connection dies while in use.
             "pool_pre_ping": True,
         }
+    reconnect = Reconnect()
     try:
-        storage = ReconnectingRDBStorage(
-            url, engine_kwargs=engine_kwargs, skip_table_creation=not create, **liveness
-        )
+        # Opening checks the schema in transactions of its own: a drop then is retried too.
+        storage = reconnect.call(
+            lambda: ReconnectingRDBStorage(
+                url, engine_kwargs=engine_kwargs, skip_table_creation=not create,
+                reconnect=reconnect, **liveness,
+            ),
+            reset=lambda: None,  # each attempt builds its own engine
+            what="opening the storage",
+        )  # fmt: skip
     except (OperationalError, ProgrammingError, StorageInternalError) as err:
         # Optuna wraps errors inside its sessions; the driver's message is on the cause.
         cause = err.__cause__ if isinstance(err, StorageInternalError) else err
