@@ -168,3 +168,30 @@ def test_a_failing_evaluation_records_its_error_and_raises(tmp_path):
     (trial,) = study.get_trials()
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs[st.ERROR] == "RuntimeError: CUDA out of memory"
+
+
+def test_processes_that_open_a_new_storage_at_the_same_moment_all_get_it(tmp_path):
+    # A worker started before its coordinator, or two coordinators started together, write
+    # the same tables and schema version row: the losers of that race look again.
+    import threading
+
+    for attempt in range(5):
+        cfg = StorageConfig.from_mapping(sqlite_cfg(tmp_path / str(attempt)))
+        errors: list[Exception] = []
+        barrier = threading.Barrier(6)
+
+        def open_it(cfg=cfg, errors=errors, barrier=barrier):
+            barrier.wait()
+            try:
+                open_storage(cfg)
+            except Exception as err:  # collected for the assertion
+                errors.append(err)
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors[0]
+        study = st.open_study(open_storage(cfg), "s", {"x": 1}, {})
+        assert study.get_trials() == []

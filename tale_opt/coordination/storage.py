@@ -24,7 +24,9 @@ beating for `grace_period` seconds is failed and re-enqueued (same user attrs) b
 from __future__ import annotations
 
 import os
+import random
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,13 +35,14 @@ from typing import Any
 import optuna
 from optuna.exceptions import StorageInternalError
 from sqlalchemy import event
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from tale_opt.coordination.optuna_adapter import HeartbeatJournalStorage, ReconnectingRDBStorage
 from tale_opt.coordination.reconnect import Reconnect
 from tale_opt.errors import UsageError, did_you_mean
 
 URL_ENV = "TALE_OPT_STORAGE_URL"
+_SCHEMA_RACES = 5  # looks at a schema that another process is creating at the same moment
 KINDS = ("sqlite", "postgres", "journal")
 _KEYS = {
     "kind", "path", "url", "heartbeat_interval", "grace_period", "max_retry",
@@ -191,17 +194,32 @@ def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storag
             "pool_pre_ping": True,
         }
     reconnect = Reconnect()
+
+    def build() -> ReconnectingRDBStorage:
+        for attempt in range(1, _SCHEMA_RACES + 1):
+            try:
+                return ReconnectingRDBStorage(
+                    url, engine_kwargs=engine_kwargs, skip_table_creation=not create,
+                    reconnect=reconnect, **liveness,
+                )  # fmt: skip
+            except (IntegrityError, OperationalError, ProgrammingError) as err:
+                # Another process (a worker that started first, or a second coordinator) was
+                # creating the tables or writing the schema's version row at the same moment;
+                # a second look finds them complete.
+                raced = isinstance(err, IntegrityError) or "already exists" in str(err)
+                if not raced or attempt == _SCHEMA_RACES:
+                    raise
+                time.sleep(random.uniform(0.05, 0.25) * attempt)  # apart from the others
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     try:
         # Opening checks the schema in transactions of its own: a drop then is retried too.
         storage = reconnect.call(
-            lambda: ReconnectingRDBStorage(
-                url, engine_kwargs=engine_kwargs, skip_table_creation=not create,
-                reconnect=reconnect, **liveness,
-            ),
+            build,
             reset=lambda: None,  # each attempt builds its own engine
             what="opening the storage",
-        )  # fmt: skip
-    except (OperationalError, ProgrammingError, StorageInternalError) as err:
+        )
+    except (OperationalError, ProgrammingError, IntegrityError, StorageInternalError) as err:
         # Optuna wraps errors inside its sessions; the driver's message is on the cause.
         cause = err.__cause__ if isinstance(err, StorageInternalError) else err
         orig = getattr(cause, "orig", None)
