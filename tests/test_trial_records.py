@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from searchers.greedy import GreedyElimination
 from tale_opt.coordination import study as st
 from tale_opt.coordination.coordinator import run_coordinator
-from tale_opt.coordination.worker import run_one, waiting_candidates
+from tale_opt.coordination.worker import run_one, run_worker, waiting_candidates
 from tale_opt.outputs import RunWriter
 from tale_opt.reporting.heatmap import heatmap_matrix, read_candidates
 from tale_opt.search_tracking import SearchTracking
@@ -167,3 +167,18 @@ def test_an_in_process_search_reads_the_trials_about_twice_per_candidate(early_s
     # first rival from the coordinator's read (a candidate evaluated in microseconds never
     # waits the seconds before the rival is read again).
     assert reads <= 2 * evaluated + 2, (reads, evaluated)
+
+
+def test_a_worker_reads_the_trials_twice_per_candidate():
+    storage = CountingStorage()
+    study = st.open_study(storage, "worker-reads", {"fake": True}, {})
+    keys = ["", "0", "1", "2", "3", "4", "5", "6", "7"]
+    for key in keys:
+        st.enqueue(study, Candidate(DropSet.parse(key)), prunable=True)
+    storage.trial_reads = 0
+    # Leaves as soon as the queue is empty (idle_timeout=0).
+    stats = run_worker(study, CountingEvaluate(seed=3, n=16, batch=2), idle_timeout=0)
+    assert stats.evaluated == len(keys) and stats.pruned > 0
+    # Per candidate: the worker's one read per poll (is there work? who is the leader?) and
+    # Optuna's read of the queue as it claims the oldest waiting trial; then the last poll.
+    assert storage.trial_reads <= 2 * len(keys) + 1, storage.trial_reads

@@ -71,10 +71,12 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def waiting_candidates(study: optuna.Study) -> int:
-    """How many marked trials wait to be claimed."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    return sum(1 for t in trials if st.candidate_of(t) is not None)
+def waiting_candidates(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> int:
+    """How many marked trials wait to be claimed (among `trials`, when just read)."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    waiting = (t for t in trials if t.state == TrialState.WAITING)
+    return sum(1 for t in waiting if st.candidate_of(t) is not None)
 
 
 def run_one(
@@ -245,8 +247,10 @@ def _work(
     stats = WorkerStats()
     idle_since = time.monotonic()
     while keep_going() and not st.is_finished(study):
-        if waiting_candidates(study):
-            if run_one(study, evaluate, stats):
+        # One read per poll: whether there is work, and early termination's first rival.
+        trials = study.get_trials(deepcopy=False)
+        if waiting_candidates(study, trials):
+            if run_one(study, evaluate, stats, trials=trials):
                 idle_since = time.monotonic()
             continue
         # An idle worker helps notice dead peers: their trials are failed and re-queued.
