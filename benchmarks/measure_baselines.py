@@ -51,8 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tale_opt.errors import UsageError  # noqa: E402
-from tale_opt.outputs import write_text_atomic  # noqa: E402
-from tale_opt.search_setup import (  # noqa: E402
+from tale_opt.pipeline.candidates import (  # noqa: E402
     build_evaluator,
     check_eval_options,
     load_task_and_splits,
@@ -60,10 +59,11 @@ from tale_opt.search_setup import (  # noqa: E402
     prediction_rows,
     study_config,
 )
-from tale_opt.significance import answer_profile, chance_level  # noqa: E402
+from tale_opt.pipeline.outputs import write_text_atomic  # noqa: E402
+from tale_opt.pipeline.significance import answer_profile, chance_level  # noqa: E402
 from tale_opt.stats import format_accuracy, wilson_interval  # noqa: E402
 
-CONF_DIR = ROOT / "conf"
+CONF_DIR = ROOT / "tale_opt" / "conf"
 RESULTS, TABLE, PREDICTIONS = "baselines.jsonl", "baselines.md", "predictions"
 WIDE_TABLE = "baselines_wide.md"  # one row per model × task × k (the README's view)
 DEFAULT_TASKS = "arc_easy,arc_challenge,boolq,commonsense_qa,winogrande,mmlu,boolean_expressions"
@@ -175,7 +175,7 @@ def check_names(cells: Sequence[Cell]) -> None:
     Raises:
         UsageError: An unknown name.
     """
-    from tale_opt.cli import check_group_choices
+    from tale_opt.commands.config import check_group_choices
     from tale_opt.evaluation.evaluator import SCORING_MODES
 
     unknown = sorted({c.scoring for c in cells} - SCORING_MODES)
@@ -192,21 +192,18 @@ def compose_configs(cells: Sequence[Cell], args: argparse.Namespace) -> dict[tup
     Raises:
         UsageError: A bad override.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+
+    from tale_opt.commands.config import compose
 
     configs = {}
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for cell in cells:
-            overrides = cell.overrides(args.seed, args.n_eval, args.overrides)
-            try:
-                cfg = compose(config_name="config", overrides=overrides)
-                configs[cell.key] = OmegaConf.to_container(cfg, resolve=True)
-            except (HydraException, OmegaConfBaseException) as err:
-                first = str(err).strip().splitlines()[0]
-                raise UsageError(f"{cell.label()}: {first} (overrides: {overrides})") from err
+    for cell in cells:
+        overrides = cell.overrides(args.seed, args.n_eval, args.overrides)
+        try:
+            cfg = compose(overrides)
+        except UsageError as err:
+            raise UsageError(f"{cell.label()}: {err} (overrides: {overrides})") from err
+        configs[cell.key] = OmegaConf.to_container(cfg, resolve=True)
     return configs
 
 

@@ -3,6 +3,9 @@
 A searcher proposes candidates and is told results; it never evaluates anything itself and
 imports nothing from tale_opt except `tale_opt.types` (checked by tests/test_layering.py), so
 any process can rebuild it by replaying completed observations from storage.
+
+Every searcher derives from `searchers.base.Searcher`; `searchers.testing.SearcherContract` is
+the behaviour each one must have, for the tests of any searcher (like `optuna.testing`).
 """
 
 from searchers.base import Searcher
@@ -12,7 +15,7 @@ from searchers.oneshot import AngularDistance, BlockInfluence, OneShotSearcher, 
 from searchers.random_drop import RandomDrop
 from searchers.selection import ae_hm, pick_ae_hm, pick_best, pick_bsba
 
-REGISTRY: dict[str, type] = {
+REGISTRY: dict[str, type[Searcher]] = {
     "tale": GreedyElimination,
     "tale_ppl": TalePerplexity,
     "sleb": SLEB,

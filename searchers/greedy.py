@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from searchers.base import Searcher
 from searchers.options import check_n_drop, check_text
 from searchers.selection import pick_best, pick_bsba
 from tale_opt.types import Candidate, DropSet, Observation, SearchResult
@@ -24,73 +25,19 @@ EXHAUSTED = "no_layers_left"
 SCORING_PROBES = ("task_accuracy", "perplexity")
 
 
-def rank_key(score: Any, added_layer: int) -> tuple[Any, int]:
-    """How one round's candidates are ranked: higher score first, then the lower index of the
-    layer added this round (the first maximum in ascending layer order, as the reference).
-
-    `score` may be an accuracy or a count of correct examples: within one round every candidate
-    is scored on the same examples, so both rank alike.
-    """
-    return (score, -added_layer)
-
-
-def added_layers(drop: DropSet, rival: DropSet) -> tuple[int, int] | None:
-    """``(l, i)`` when ``drop = B + {l}`` and ``rival = B + {i}`` for one base B (the two compete
-    in the same greedy round); None otherwise."""
-    if len(drop) != len(rival):
-        return None
-    mine, theirs = set(drop) - set(rival), set(rival) - set(drop)
-    if len(mine) != 1 or len(theirs) != 1:
-        return None
-    return mine.pop(), theirs.pop()
-
-
-def can_still_win(
-    drop: DropSet, max_correct: int, incumbent: DropSet, incumbent_correct: int
-) -> bool:
-    """Whether a candidate that can still get at most `max_correct` examples right might win its
-    round against the completed `incumbent` (the exact bound of early termination).
-
-    Counts, not accuracies: both are scored on the same examples. The candidate wins only with
-    a higher count, or an equal one and a lower added layer (`rank_key`); a candidate that is
-    no rival of `incumbent` (another round or base) is never stopped by it.
-    """
-    layers = added_layers(drop, incumbent)
-    if layers is None:
-        return True
-    mine, theirs = layers
-    return rank_key(max_correct, mine) > rank_key(incumbent_correct, theirs)
-
-
-def best_rival(
-    drop: DropSet, completed: Iterable[tuple[DropSet, int]]
-) -> tuple[DropSet, int] | None:
-    """The completed rival `drop` has to beat: among ``(drop set, n correct)`` pairs of its
-    round and base, the one that ranks first (`rank_key`); None when there is none yet."""
-    best: tuple[tuple[int, int], DropSet, int] | None = None
-    for rival, n_correct in completed:
-        layers = added_layers(drop, rival)
-        if layers is None:
-            continue
-        key = rank_key(n_correct, layers[1])
-        if best is None or key > best[0]:
-            best = (key, rival, n_correct)
-    return None if best is None else (best[1], best[2])
-
-
 @dataclass(frozen=True)
 class RoundState:
     """Where the search stands, derived from the observations seen so far."""
 
     round: int  # 0 = baseline, k = choosing the k-th layer to drop
     current: DropSet
-    pending: tuple[Candidate, ...]  # this round's candidates that have no observation yet
+    pending: tuple[Candidate, ...]  # this round's unsettled: unseen, or pruned and not outranked
     trajectory: tuple[Observation, ...]  # accepted configurations, baseline first
     stop_reason: str | None
     incumbent: Observation | None  # best complete observation of the current round so far
 
 
-class GreedyElimination:
+class GreedyElimination(Searcher):
     """TALE greedy layer elimination (paper, Algorithm 1).
 
     Args:
@@ -111,8 +58,8 @@ class GreedyElimination:
     then the lowest index of the layer added this round (the first maximum in ascending order).
 
     A round's candidates are proposed likely winners first, so that early termination
-    (`can_still_win`) meets a strong incumbent soon: round 1 in ascending layer order, later
-    rounds by the score the same layer's removal got in the previous round (best first).
+    (`Searcher.can_still_win`) meets a strong incumbent soon: round 1 in ascending layer order,
+    later rounds by the score the same layer's removal got in the previous round (best first).
     A pruned observation settles its candidate only while a complete observation of the same
     round outranks its upper bound (the proof that it cannot win); otherwise the candidate is
     proposed again, to be evaluated in full.
@@ -184,9 +131,7 @@ class GreedyElimination:
                     f"of probe {obs.candidate.probe!r}"
                 )
             key = obs.candidate.key
-            known = self._memo.get(key)
-            if known is None or _preferred(obs, known):
-                self._memo[key] = obs
+            self._memo[key] = self.merge(self._memo.get(key), obs)
         self._state = None
 
     @property
@@ -212,17 +157,23 @@ class GreedyElimination:
 
     @property
     def early_termination(self) -> bool:
-        """Whether candidates may be stopped early (exact, see `can_still_win`): only when
-        scores are accuracies, i.e. counts of correct examples (the task_accuracy probe)."""
+        """Whether candidates may be stopped early (exact, see `Searcher.can_still_win`):
+        only when scores are accuracies, i.e. counts of correct examples (task_accuracy)."""
         return self.probe == "task_accuracy"
 
     # -- derived state ---------------------------------------------------------------------
     @property
     def threshold(self) -> float | None:
         baseline = self._memo.get(Candidate(DropSet(), self.probe).key)
-        if baseline is None or self.n_drop is not None:
+        if baseline is None or not baseline.complete or self.n_drop is not None:
             return None  # with n_drop, no threshold applies
         return baseline.score - self.epsilon
+
+    @property
+    def accepted(self) -> tuple[Observation, ...]:
+        """The configurations accepted so far, baseline first (what accepted_configs.json
+        holds after every candidate)."""
+        return self.state.trajectory
 
     @property
     def state(self) -> RoundState:
@@ -257,7 +208,9 @@ class GreedyElimination:
                 if c.key in self._memo and self._memo[c.key].complete
             ]
             # Highest score wins; among equal scores the lowest layer index (ascending scan).
-            best = max(scored, key=lambda lo: rank_key(lo[1].score, lo[0])) if scored else None
+            best = (
+                max(scored, key=lambda lo: self.rank_key(lo[1].score, lo[0])) if scored else None
+            )
             winner = None if best is None else best[1]
             pending = tuple(
                 c
@@ -287,7 +240,10 @@ class GreedyElimination:
             return False
         if known.complete:
             return True
-        return best is not None and rank_key(best[1].score, best[0]) > rank_key(known.score, layer)
+        if best is None:
+            return False
+        best_layer, best_obs = best
+        return self.rank_key(best_obs.score, best_layer) > self.rank_key(known.score, layer)
 
     def _by_promise(
         self, candidates: list[tuple[int, Candidate]], previous: DropSet | None
@@ -305,13 +261,3 @@ class GreedyElimination:
             return (0 if known.complete else 1, -known.score, layer)
 
         return sorted(candidates, key=promise)
-
-
-def _preferred(new: Observation, known: Observation) -> bool:
-    """Which of two observations of one candidate to keep, independent of arrival order:
-    a complete one, then the higher score (complete) or the tighter upper bound (pruned)."""
-    if new.complete != known.complete:
-        return new.complete
-    if new.complete:
-        return new.score > known.score
-    return new.score < known.score

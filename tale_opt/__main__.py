@@ -1,4 +1,4 @@
-from tale_opt.cli import main
+from tale_opt.commands import main
 
 if __name__ == "__main__":
     main()

@@ -15,6 +15,14 @@ class UsageError(Exception):
     """Bad input at the boundary (CLI, config, data file, model path)."""
 
 
+class ConfigValueError(UsageError, ValueError):
+    """A config value of the wrong type or out of range (see `tale_opt.validate`).
+
+    Also a ValueError, so code that validates its own arguments with ValueError (settings
+    dataclasses, constructors) keeps its contract when it uses the shared checks.
+    """
+
+
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """A " Did you mean 'x'? Available: a, b, c" suffix for unknown-name errors."""
     choices = sorted(choices)

@@ -161,6 +161,52 @@ def tiny_model_dir(tmp_path_factory, smollm2) -> Path:
     return directory
 
 
+# -- the checkout stays clean ------------------------------------------------------------------
+# A search writes its study to outputs/tale_opt.db, its run to outputs/... or multirun/... and
+# MLflow to mlflow.db, all relative to where it runs. Every test runs in its own temporary
+# directory (and module fixtures in one of the session), so those defaults land there; the
+# guard fails a test that still writes into the checkout.
+REPO = Path(__file__).resolve().parent.parent
+GUARDED = ("outputs", "multirun", "mlflow.db", "mlruns")
+
+
+def _guarded_files() -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under the checkout's guarded paths."""
+    found = {}
+    for name in GUARDED:
+        root = REPO / name
+        paths = [root] if root.is_file() else root.rglob("*") if root.is_dir() else []
+        for path in paths:
+            if path.is_file():
+                stat = path.stat()
+                found[str(path.relative_to(REPO))] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_launch_dir(tmp_path_factory):
+    """Module and session fixtures run here, not in the checkout."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("launch"))
+    yield
+    os.chdir(before)
+
+
+@pytest.fixture(autouse=True)
+def _launch_in_tmp_path(tmp_path, monkeypatch):
+    """Each test runs in `tmp_path`; fails it if it wrote into the checkout anyway."""
+    monkeypatch.chdir(tmp_path)
+    before = _guarded_files()
+    yield
+    written = sorted(p for p, sig in _guarded_files().items() if before.get(p) != sig)
+    if written:
+        pytest.fail(
+            f"the test wrote into the checkout: {', '.join(written[:5])}; give it paths under "
+            "tmp_path (storage.path, hydra.run.dir, tracking.uri) or leave the defaults, "
+            "which resolve in the test's own directory"
+        )
+
+
 # The CI machines run PostgreSQL here (trust auth); override with TALE_OPT_TEST_POSTGRES_URL.
 POSTGRES_URL = os.environ.get(
     "TALE_OPT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

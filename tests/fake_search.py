@@ -1,6 +1,6 @@
 """A fake evaluator and process entry points for coordination tests (no model, no torch).
 
-Scores come from `tests.searcher_contract.fake_score`, so they are deterministic per drop set;
+Scores come from `searchers.testing.fake_score`, so they are deterministic per drop set;
 each evaluation can append a line to a log file so tests can count evaluations per candidate
 across processes, and can sleep to keep a trial in flight long enough to kill its worker.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from searchers.greedy import GreedyElimination
+from searchers.testing import fake_score
 from tale_opt.types import Candidate, Observation, Status
-from tests.searcher_contract import fake_score
 
 NUM_LAYERS = 8
 
@@ -72,7 +72,7 @@ def worker_process(
     storage_cfg: Mapping[str, Any],
     name: str,
     evaluate: FakeEvaluate,
-    idle_timeout: float = 60,
+    idle_timeout: float = 600,
     barrier: str | None = None,
 ) -> None:
     """Entry point of a spawned fake worker.

@@ -23,20 +23,29 @@ pytestmark = pytest.mark.slow
 MLFLOW_URI = f"sqlite:///{tempfile.mkdtemp(prefix='tale_opt_mlflow_')}/mlflow.db"
 
 
-def run_cli(
-    *args: str, cwd: Path = ROOT, timeout: int = 3600, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    env = {
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a CLI subprocess: offline, this checkout's code first (it runs in
+    the test's directory), the test MLflow store."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {
         **os.environ,
+        "PYTHONPATH": path,
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "MLFLOW_TRACKING_URI": MLFLOW_URI,
-        **(env or {}),
+        **(extra or {}),
     }
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: int = 3600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m tale_opt ARGS` in `cwd` (default: the current directory, which conftest.py
+    makes the test's tmp_path: relative defaults such as outputs/ land there)."""
     return subprocess.run(
         [sys.executable, "-m", "tale_opt", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -212,6 +221,12 @@ def test_export_of_a_finished_run_reloads_with_plain_transformers(tiny_model_dir
 
     dropped = json.loads((run_dir / "summary.json").read_text())["bsba"]["drop_layers"]
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 4 - len(dropped)
+    # Final, the pick criteria are compared on, exports too.
+    final = tmp_path / "final"
+    proc = run_cli("export", str(run_dir), "--pick", "final", "--out", str(final))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = json.loads((run_dir / "summary.json").read_text())["final"]["drop_layers"]
+    assert AutoModelForCausalLM.from_pretrained(final).config.num_hidden_layers == 4 - len(last)
 
     # `bench` compares the baseline with the same drop set in memory and as exported.
     drop = ",".join(str(i) for i in dropped) or "0"
@@ -248,7 +263,7 @@ def test_tracking_none_and_report_subcommand(tiny_model_dir, tmp_path):
     proc = run_cli("report", "--tracking-uri", uri, "--out", str(report))
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (report / "comparison.md").read_text()
-    assert text.count("| tale |") >= 2 and "Final held-out %" in text
+    assert text.count("| tale · ") >= 2 and "Final held-out %" in text
     assert (report / "comparison.png").stat().st_size > 0
     missing = run_cli("report", "--tracking-uri", uri, "--experiment", "nope", "--out",
                       str(tmp_path / "r2"))  # fmt: skip
@@ -265,6 +280,9 @@ def test_tracking_none_and_report_subcommand(tiny_model_dir, tmp_path):
         (["epsilon=0.1"], ["epsilon"]),
         (["model.path=/nonexistent/model"], ["/nonexistent/model", "does not exist"]),
         (["searcher.epsilon=-0.1"], ["`epsilon >= 0` must hold", "-0.1"]),
+        (["searcher.epsilon=abc"], ["searcher.epsilon must be a number, but got 'abc' (str)"]),
+        (["searcher.max_drop=-1"], ["searcher.max_drop must be an integer >= 1 or null", "-1"]),
+        (["n_opts=8"], ["unknown config key 'n_opts'", "Did you mean 'n_opt'?"]),
         (["n_opt=100000"], ["100000"]),
         (["n_opt=0"], ["n_opt"]),
         (["seed=-1"], ["seed"]),

@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import optuna
 import pytest
@@ -96,7 +95,7 @@ def test_three_workers_give_the_result_of_one(storage_cfg, request, reference, t
                 open_test_study(storage_cfg, name, create=False),
                 evaluate,
                 poll_interval=0.02,
-                idle_timeout=60,
+                idle_timeout=600,
             )
         )
         for _ in range(3)
@@ -145,23 +144,33 @@ def test_an_evaluation_error_in_a_worker_fails_the_search_with_its_message(tmp_p
         raise RuntimeError("CUDA out of memory")
 
     study = open_test_study(cfg, unique_name(request))
-    with pytest.raises(RuntimeError, match="out of memory"):
+    # Evaluated in-process (workers=0): the same one-line failure a worker's error gives,
+    # with the evaluation's own exception as the cause (debug=true shows its traceback).
+    with pytest.raises(
+        SearchFailed,
+        match=r"evaluating drop set \{\} failed in worker .* \(trial 0\): "
+        r"RuntimeError: CUDA out of memory",
+    ) as failed:
         run_coordinator(study, make_searcher(), evaluate=broken)
+    assert isinstance(failed.value.__cause__, RuntimeError)
     # A coordinator that only waits for workers reports the worker's error instead.
     name = study.study_name
-    worker = threading.Thread(
-        target=lambda: pytest.raises(
-            RuntimeError,
-            run_worker,
-            open_test_study(cfg, name, create=False),
-            broken,
-            poll_interval=0.02,
-        )
-    )
+    raised: list[BaseException] = []  # what the worker thread raised, checked in this thread
+
+    def work() -> None:
+        try:
+            run_worker(open_test_study(cfg, name, create=False), broken, poll_interval=0.02)
+        except BaseException as err:
+            raised.append(err)
+
+    worker = threading.Thread(target=work)
     worker.start()
     with pytest.raises(SearchFailed, match="CUDA out of memory"):
         run_coordinator(study, make_searcher(), poll_interval=0.02)
-    worker.join(10)
+    worker.join(60)
+    assert not worker.is_alive(), "the worker did not leave after its evaluation raised"
+    assert len(raised) == 1 and isinstance(raised[0], RuntimeError), raised
+    assert "CUDA out of memory" in str(raised[0])
 
 
 def test_a_slow_worker_whose_trial_was_declared_stale_discards_its_result(tmp_path, request):
@@ -175,7 +184,7 @@ def test_a_slow_worker_whose_trial_was_declared_stale_discards_its_result(tmp_pa
     outcome: list[bool] = []
     worker.start()
     running = optuna.trial.TrialState.RUNNING
-    wait_for(lambda: study.get_trials(states=(running,)), 10, "the trial to start")
+    wait_for(lambda: study.get_trials(states=(running,)), 1800, "the trial to start")
     (trial,) = study.get_trials(states=(running,))
     # What fail_stale_trials does to a worker that did not beat in time (e.g. a long GC pause).
     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -215,7 +224,7 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_result_is_unchanged(
     )
     results: list = []
     coordinator.start()
-    wait_for(lambda: list(victim_log.glob("*.log")), 60, "the victim to start a trial")
+    wait_for(lambda: list(victim_log.glob("*.log")), 1800, "the victim to start a trial")
     os.kill(victim.pid, signal.SIGKILL)
     victim.join(10)
     healthy = spawn(worker_process, storage_cfg, name, FakeEvaluate(log_dir=str(healthy_log)))
@@ -245,7 +254,7 @@ def test_many_workers_never_claim_the_same_trial(storage_cfg, request, tmp_path)
     workers = [
         spawn(worker_process, storage_cfg, name, evaluate, 2.0, str(barrier)) for _ in range(6)
     ]
-    wait_for(lambda: len(list(barrier.glob("ready-*"))) == 6, 120, "6 connected workers")
+    wait_for(lambda: len(list(barrier.glob("ready-*"))) == 6, 1800, "6 connected workers")
     (barrier / "go").touch()
     for worker in workers:
         worker.join(120)
@@ -267,7 +276,7 @@ def test_a_killed_coordinator_resumes_without_reevaluating(tmp_path, request, re
     )
     # Wait for 8 trials completed in the storage (an evaluation logged but not yet told is
     # no finished result: killing then left 7 on a loaded machine).
-    wait_for(lambda: len(complete_keys(open_test_study(cfg, name))) >= 8, 120, "8 completed")
+    wait_for(lambda: len(complete_keys(open_test_study(cfg, name))) >= 8, 1800, "8 completed")
     os.kill(process.pid, signal.SIGKILL)
     process.join(10)
     done_before = set(complete_keys(open_test_study(cfg, name)))
@@ -276,12 +285,6 @@ def test_a_killed_coordinator_resumes_without_reevaluating(tmp_path, request, re
     assert not set(evaluations(second)) & done_before, "a completed candidate was re-run"
     assert set(complete_keys(open_test_study(cfg, name)).values()) == {1}
     assert len(done_before) >= 8
-
-
-def test_fake_helpers_count_per_process(tmp_path):
-    FakeEvaluate(log_dir=str(tmp_path))(Candidate(DropSet((1,))))
-    assert evaluations(tmp_path) == {"1": 1}
-    assert Path(tmp_path / f"{os.getpid()}.log").exists()
 
 
 def test_round_base_is_what_a_greedy_round_shares_and_nothing_else():

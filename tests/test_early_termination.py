@@ -1,6 +1,7 @@
 """Exact early termination: a candidate stops once it provably cannot win its greedy round.
 
-* the bound rule (`searchers.greedy.can_still_win`), exact ties in both directions;
+* the bound rule every searcher shares (`searchers.base.Searcher.can_still_win`), exact ties
+  in both directions;
 * the evaluator stops after the first batch where the rule says "cannot win", in every scoring
   mode, with a valid upper bound and exactly the outcomes of a full run on what it scored;
 * a pruned trial's round trip through SQLite with a worker (PRUNED, never retried or counted
@@ -27,12 +28,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from searchers.greedy import (  # noqa: E402
-    GreedyElimination,
-    added_layers,
-    best_rival,
-    can_still_win,
-)
+from searchers.base import Searcher  # noqa: E402
+from searchers.greedy import GreedyElimination  # noqa: E402
 from tale_opt.coordination import study as st  # noqa: E402
 from tale_opt.coordination.coordinator import run_coordinator  # noqa: E402
 from tale_opt.coordination.worker import WorkerStats, run_one, waiting_candidates  # noqa: E402
@@ -53,11 +50,11 @@ D = DropSet.of
 
 # -- the bound rule --------------------------------------------------------------------------
 def test_rivals_share_a_base_and_differ_by_one_layer():
-    assert added_layers(D((3, 5)), D((3, 7))) == (5, 7)
-    assert added_layers(D((5,)), D((2,))) == (5, 2)
-    assert added_layers(D((3, 5)), D((4, 7))) is None  # two layers apart: another base
-    assert added_layers(D((3, 5)), D((3,))) is None  # another round
-    assert added_layers(D((3, 5)), D((3, 5))) is None  # itself
+    assert Searcher.rivals(D((3, 5)), D((3, 7))) == (5, 7)
+    assert Searcher.rivals(D((5,)), D((2,))) == (5, 2)
+    assert Searcher.rivals(D((3, 5)), D((4, 7))) is None  # two layers apart: another base
+    assert Searcher.rivals(D((3, 5)), D((3,))) is None  # another round
+    assert Searcher.rivals(D((3, 5)), D((3, 5))) is None  # itself
 
 
 @pytest.mark.parametrize(
@@ -73,7 +70,7 @@ def test_rivals_share_a_base_and_differ_by_one_layer():
     ],
 )
 def test_can_still_win_is_the_searchers_tie_rule(mine, reach, theirs, their_count, alive):
-    assert can_still_win(D(mine), reach, D(theirs), their_count) is alive
+    assert Searcher.can_still_win(D(mine), reach, D(theirs), their_count) is alive
 
 
 def test_the_bound_rule_agrees_with_the_round_winner_of_the_searcher():
@@ -92,15 +89,15 @@ def test_the_bound_rule_agrees_with_the_round_winner_of_the_searcher():
             + [Observation(Candidate(D((x,))), scores.get(x, 0.0)) for x in range(4)]
         )
         winner = searcher.result().trajectory[-1].drop.layers
-        if not can_still_win(D((layer_b,)), bound_b, D((layer_a,)), count_a):
+        if not Searcher.can_still_win(D((layer_b,)), bound_b, D((layer_a,)), count_a):
             assert winner != (layer_b,)
 
 
 def test_best_rival_is_the_round_leader_under_the_tie_rule():
     completed = [(D((0, 4)), 6), (D((0, 2)), 7), (D((0, 3)), 7), (D((1, 5)), 9), (D((0,)), 9)]
     # (1, 5) is of another base, (0,) of another round: the leader is (0, 2) (7, lower layer).
-    assert best_rival(D((0, 6)), completed) == (D((0, 2)), 7)
-    assert best_rival(D((0, 6)), []) is None
+    assert Searcher.best_rival(D((0, 6)), completed) == (D((0, 2)), 7)
+    assert Searcher.best_rival(D((0, 6)), []) is None
 
 
 # -- a tiny multiple-choice task -------------------------------------------------------------
@@ -332,7 +329,7 @@ def test_spawned_workers_prune_exactly(tmp_path):
 # -- the property: same search with and without the optimizations ---------------------------
 def candidate_evaluator(monkeypatch, seed: int, scoring: str, prefix_gb: float):
     """The real `CandidateEvaluator`, on a tiny random model instead of a loaded checkpoint."""
-    from tale_opt import search_setup
+    from tale_opt.pipeline import candidates
 
     model, tokenizer, task, examples, _ = tiny_setup(seed, scoring)
     monkeypatch.setattr("tale_opt.model.loading.load_model", lambda spec: (model, tokenizer))
@@ -349,7 +346,7 @@ def candidate_evaluator(monkeypatch, seed: int, scoring: str, prefix_gb: float):
         "prefix_cache_gb": prefix_gb,
     }
     splits = TinySplits(examples, examples)
-    return search_setup.CandidateEvaluator(config, task=task, splits=splits)
+    return candidates.CandidateEvaluator(config, task=task, splits=splits)
 
 
 def search(evaluate: Any, early_stop: bool, epsilon: float):

@@ -142,7 +142,9 @@ def make_tokenizer(chat_template: str | None = CHAT_TEMPLATE) -> Any:
     return tokenizer
 
 
-def make_model(vocab_size: int, seed: int = 0, num_layers: int = 4) -> nn.Module:
+def make_model(
+    vocab_size: int, seed: int = 0, num_layers: int = 4, max_position_embeddings: int = 256
+) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -152,7 +154,7 @@ def make_model(vocab_size: int, seed: int = 0, num_layers: int = 4) -> nn.Module
         num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_position_embeddings,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,

@@ -20,7 +20,7 @@ from tale_opt.tasks.base import Example  # noqa: E402
 from tale_opt.tasks.registry import build_task, load_splits  # noqa: E402
 from tale_opt.tasks.splits import build_splits  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "tale_opt" / "conf"
 # The paper's k: 5, and 8 for math.
 PAPER_K = {
     "arc_easy": 5,

@@ -31,7 +31,7 @@ from tale_opt.types import DropSet
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "tale_opt" / "conf"
 SLIDING, FULL = "sliding_attention", "full_attention"
 # Layer 5 is global and layer 1 sliding; the kept layers still include both kinds (11, 17 global).
 DROP = DropSet((1, 5))

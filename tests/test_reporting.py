@@ -9,9 +9,11 @@ import uuid
 
 import pytest
 
-from tale_opt.report_cli import main as report_main
+from tale_opt.commands.report import main as report_main
+from tale_opt.errors import UsageError
 from tale_opt.reporting import heatmap_matrix, parse_candidates, read_candidates
 from tale_opt.reporting.compare import comparison_markdown, groups_table, search_view
+from tale_opt.reporting.files import write_comparison_report
 from tale_opt.reporting.plots import (
     HEATMAP_PNG,
     TRAJECTORY_PNG,
@@ -195,18 +197,54 @@ def test_search_views_and_tables():
     assert not views[1].picks["best"].speedup_measured
     assert first.trajectory == [(0, 0.5), (1, 0.6), (2, 0.62)]
     markdown = comparison_markdown(views)
-    # Held-out accuracy with its 95% interval where the counts were logged, and the paired
-    # test against Baseline.
-    assert (
-        "| aaaaaaaa | tiny | arc_easy | tale | 0 | 5 | 50.0 | 48.0 | 2 (2,4) | 62.0 "
-        "| 50.0 [36.6, 63.4] | +6/−5, p = 1.00 | 1.40× |" in markdown
+    # One row per pick, the search's own columns on its first: held-out accuracy with its
+    # 95% interval where the counts were logged, and the paired test against Baseline.
+    assert "| aaaaaaaa | tale · tiny · arc_easy · s0 | 5 | Baseline | 0 | 50.0 | 48.0 | — |" in (
+        markdown
     )
+    assert "|  |  |  | Best | 2 (2,4) | 62.0 | 50.0 [36.6, 63.4] | +6/−5, p = 1.00 | 1.40× |" in (
+        markdown
+    )
+    table = markdown.split("## Runs")[1].split("##")[0].strip().splitlines()
+    assert all(line.count("|") == 11 for line in table), "ten columns"
+    assert len(table) == 2 + 4 * len(views)  # Baseline, Best, BSBA, Final per search
     assert first.picks["best"].heldout_test == (6, 5, 1.0)
     assert views[1].picks["best"].heldout_interval is None
     assert "1.40× |" in markdown and "1.67× (est.)" in markdown
     groups = groups_table(views)
     assert "| tiny | arc_easy | tale | 2 | 48.0 ± 0.0 | 52.0 ± 2.8 | 2.0 ± 0.0 |" in groups
     assert "| tiny | arc_easy | sleb | 1 | 48.0 | 40.0 | 2.0 |" in groups
+
+
+def test_searches_without_a_result_are_named_not_tabulated():
+    """An interrupted search has a parent run but no summary: no row of dashes for it."""
+    done = _record("a" * 32, "tale", 0, 0.50)
+    interrupted = RunRecord(
+        run_id="d" * 32, run_name=None, status="KILLED", start_time=0, params={},
+        tags={"model": "tiny", "task": "arc_easy", "searcher": "tale", "seed": "1"},
+        metrics={},
+    )  # fmt: skip
+    views = [search_view(r) for r in (done, interrupted)]
+    assert views[0].has_result and not views[1].has_result
+    markdown = comparison_markdown(views)
+    assert "dddddddd" not in markdown.split("## Runs")[1], "not in the tables"
+    assert (
+        "Left out: 1 search(es) without a result, interrupted or still running: dddddddd "
+        "(tale · tiny · arc_easy · s1, KILLED)" in markdown
+    )
+    assert "1 search(es)" in markdown and "| aaaaaaaa |" in markdown
+    assert "| tiny | arc_easy | tale | 1 |" in markdown  # the mean over seeds: one search
+
+
+def test_a_report_of_only_unfinished_searches_is_a_usage_error(tmp_path):
+    interrupted = RunRecord(
+        run_id="d" * 32, run_name=None, status="RUNNING", start_time=0, params={},
+        tags={"model": "tiny", "task": "arc_easy", "searcher": "tale", "seed": "1"},
+        metrics={},
+    )  # fmt: skip
+    with pytest.raises(UsageError, match="nothing to compare: Left out: 1 search"):
+        write_comparison_report([interrupted], tmp_path / "report")
+    assert not (tmp_path / "report").exists()
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The other selection criteria (issue 7): SLEB, TALE on perplexity, one-shot perplexity,
+"""The other selection criteria: SLEB, TALE on perplexity, one-shot perplexity,
 Block Influence (cosine), angular distance and the random control. Each inherits the searcher
 contract; known-answer tests drive them with explicit score tables."""
 
@@ -12,6 +12,7 @@ from searchers.greedy_variants import SLEB, TalePerplexity
 from searchers.oneshot import N_DROP_REACHED, AngularDistance, BlockInfluence, PerplexityRanking
 from searchers.options import check_text
 from searchers.random_drop import RandomDrop
+from searchers.testing import SearcherContract, run_to_completion
 from tale_opt.types import (
     ANGULAR_DISTANCE,
     BLOCK_INFLUENCE,
@@ -23,7 +24,6 @@ from tale_opt.types import (
     angular_distance_key,
     block_influence_key,
 )
-from tests.searcher_contract import SearcherContract, run_to_completion
 
 # -- the contract, for every searcher and its main option combinations -------------------------
 
@@ -296,6 +296,42 @@ def test_one_shot_searchers_need_n_drop(cls):
         cls(8, n_drop=8)
 
 
+def test_one_shot_accepted_grows_with_each_observed_drop_set():
+    """accepted_configs.json is written from `accepted` after every candidate: the curve
+    so far, the baseline first, never skipping a size that is still being evaluated."""
+    searcher = BlockInfluence(6, n_drop=3)
+    assert searcher.accepted == ()
+    searcher.observe([bi_observation([0.9, 0.2, 0.05, 0.2, 0.1, 0.7])])
+    assert searcher.accepted == ()
+    searcher.observe([acc((), 0.5)])
+    assert [o.drop.layers for o in searcher.accepted] == [()]
+    searcher.observe([acc((2, 4), 0.4)])  # a later size first (another worker was faster)
+    assert [o.drop.layers for o in searcher.accepted] == [()]
+    searcher.observe([acc((2,), 0.45)])
+    assert [o.drop.layers for o in searcher.accepted] == [(), (2,), (2, 4)]
+    searcher.observe([acc((1, 2, 4), 0.3)])
+    assert searcher.accepted == searcher.result().trajectory
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GreedyElimination(8, epsilon=0.3),
+        lambda: SLEB(8, n_drop=2),
+        lambda: TalePerplexity(8, n_drop=2),
+        lambda: PerplexityRanking(8, n_drop=3),
+        lambda: BlockInfluence(8, n_drop=3),
+        lambda: AngularDistance(8, n_drop=3),
+        lambda: RandomDrop(8, n_drop=3, seed=1),
+    ],
+    ids=["tale", "sleb", "tale_ppl", "perplexity", "cosine", "angular", "random"],
+)
+def test_accepted_ends_as_the_result_trajectory(make):
+    searcher = make()
+    result, _ = run_to_completion(searcher)
+    assert searcher.accepted == result.trajectory
+
+
 # -- the random control ------------------------------------------------------------------------
 
 
@@ -342,14 +378,12 @@ def test_text_defaults_to_the_task():
 @pytest.mark.parametrize("choice", sorted(REGISTRY))
 def test_every_shipped_searcher_config_binds_to_its_constructor(choice):
     """torchtune-style: compose the real config and bind the node's keys to the class."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from tale_opt.app import build_searcher
-    from tale_opt.cli import CONF_DIR
+    from tale_opt.commands.config import compose
+    from tale_opt.pipeline.plan import build_searcher
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"searcher={choice}", "n_drop=3"])
+    cfg = compose([f"searcher={choice}", "n_drop=3"])
     node = OmegaConf.to_container(cfg, resolve=True)["searcher"]
     searcher = build_searcher(node, num_layers=30)
     assert searcher.name == choice == node["name"]

@@ -23,7 +23,7 @@ from tale_opt.evaluation.shared_prefix import (  # noqa: E402
     supports_shared_prefix,
 )
 from tale_opt.model.surgery import decoder_layers  # noqa: E402
-from tale_opt.search_setup import check_eval_options  # noqa: E402
+from tale_opt.pipeline.candidates import check_eval_options  # noqa: E402
 from tale_opt.types import DropSet  # noqa: E402
 from tests.conftest import TINY_FAMILIES, make_tiny_model  # noqa: E402
 from tests.test_evaluator import FakeMCTask, make_examples, make_tokenizer  # noqa: E402

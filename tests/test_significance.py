@@ -13,12 +13,12 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from tale_opt import significance as sig  # noqa: E402
 from tale_opt.evaluation.results import EvalResult, Prediction  # noqa: E402
+from tale_opt.pipeline import significance as sig  # noqa: E402
 from tale_opt.tasks.base import Example  # noqa: E402
 from tale_opt.types import Candidate, DropSet, Observation, Status  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "tale_opt" / "conf"
 
 
 def accepted(layers: tuple[int, ...], bits: str | None, status=Status.COMPLETE) -> Observation:

@@ -19,7 +19,7 @@ from tale_opt.tasks.base import Example  # noqa: E402
 from tale_opt.tasks.registry import build_task, load_pools, load_splits  # noqa: E402
 from tale_opt.tasks.splits import build_splits  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "tale_opt" / "conf"
 
 
 def task_cfg(name: str) -> dict[str, Any]:
@@ -101,10 +101,10 @@ def test_fingerprint_is_the_hash_of_the_ordered_ids() -> None:
 @pytest.mark.parametrize(
     ("n_opt", "n_eval", "message"),
     [
-        (0, 10, r"task.n_opt must be a positive integer, or null/-1 for all available, but got 0"),
-        (10, -5, r"task.n_eval must be a positive integer.*but got -5"),
-        (2.5, 10, r"task.n_opt must be a positive integer.*but got 2.5"),
-        (True, 10, r"task.n_opt must be a positive integer.*but got True"),
+        (0, 10, r"task.n_opt must be an integer >= 1, but got 0 \(null or -1: all available\)"),
+        (10, -5, r"task.n_eval must be an integer >= 1, but got -5"),
+        (2.5, 10, r"task.n_opt must be an integer >= 1, but got 2.5"),
+        (True, 10, r"task.n_opt must be an integer >= 1, but got True"),
         (
             80,
             30,

@@ -62,7 +62,7 @@ def test_unreachable_postgres_is_a_usage_error_within_seconds():
     cfg = StorageConfig.from_mapping({"kind": "postgres", "url": "postgresql://u@127.0.0.1:1/x"})
     with pytest.raises(UsageError, match="cannot reach the postgres storage"):
         open_storage(cfg)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # refused at once; bounded against a slow machine
 
 
 @pytest.mark.slow
@@ -74,7 +74,8 @@ def test_postgres_that_never_answers_times_out_within_seconds():
     )
     with pytest.raises(UsageError, match="cannot reach"):
         open_storage(cfg)
-    assert time.monotonic() - started < 10
+    # Without connect_timeout the kernel gives up after ~2 minutes of SYN retries.
+    assert time.monotonic() - started < 60
 
 
 def test_a_worker_does_not_create_a_storage(tmp_path):

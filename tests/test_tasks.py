@@ -22,7 +22,7 @@ from tale_opt.tasks.multiple_choice import MultipleChoiceTask  # noqa: E402
 from tale_opt.tasks.registry import build_task, load_pools, load_splits  # noqa: E402
 from tale_opt.tasks.sources import load_rows  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "tale_opt" / "conf"
 TASKS = ("arc_easy", "arc_challenge", "boolq", "commonsense_qa", "winogrande", "mmlu")
 
 
@@ -228,8 +228,8 @@ def test_prompt_version_tracks_everything_that_shapes_the_prompt() -> None:
         (lambda c: c.pop("row_format"), "task.row_format is required"),
         (lambda c: c.update(source={"path": "x.jsonl"}), "exactly one of 'source'"),
         (lambda c: c["sources"].pop("evaluation"), "'evaluation' is missing"),
-        (lambda c: c.update(n_opt=0), "task.n_opt must be a positive integer"),
-        (lambda c: c.update(n_eval="all"), "task.n_eval must be a positive integer"),
+        (lambda c: c.update(n_opt=0), "task.n_opt must be an integer >= 1, but got 0"),
+        (lambda c: c.update(n_eval="all"), "task.n_eval must be an integer >= 1, but got 'all'"),
         (lambda c: c.update(on_overlap="drop"), "task.on_overlap must be one of"),
         (lambda c: c["sources"]["optimization"].update(pth="x"), "Did you mean 'path'?"),
     ],
@@ -407,13 +407,11 @@ def _literal(text: str) -> str:
 
 
 def compose_task(name: str, tmp_path: Path) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    shutil.copytree(CONF, tmp_path / "conf")
-    with initialize_config_dir(config_dir=str(tmp_path / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"task={name}"])
-    return OmegaConf.to_container(cfg, resolve=True)
+    from tale_opt.commands.config import compose
+
+    return OmegaConf.to_container(compose([f"task={name}"]), resolve=True)
 
 
 def test_arc_easy_cloze_is_arc_easy_scored_like_lm_eval(tmp_path: Path) -> None:

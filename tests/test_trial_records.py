@@ -16,9 +16,9 @@ from searchers.greedy import GreedyElimination
 from tale_opt.coordination import study as st
 from tale_opt.coordination.coordinator import run_coordinator
 from tale_opt.coordination.worker import run_one, run_worker, waiting_candidates
-from tale_opt.outputs import RunWriter
+from tale_opt.pipeline.outputs import RunWriter
+from tale_opt.pipeline.tracking import SearchTracking
 from tale_opt.reporting.heatmap import heatmap_matrix, read_candidates
-from tale_opt.search_tracking import SearchTracking
 from tale_opt.tracking.mlflow_tracker import MlflowTracker
 from tale_opt.tracking.query import child_runs
 from tale_opt.types import Candidate, DropSet, Status

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -39,8 +39,10 @@ from searchers.base import Searcher
 from tale_opt.coordination import study as st
 from tale_opt.coordination.worker import (
     Evaluate,
+    quiet_trial_failures,
     run_one,
     storage_errors_as_search_failed,
+    worker_id,
 )
 from tale_opt.errors import SearchFailed
 from tale_opt.types import Candidate, Observation, SearchResult
@@ -86,7 +88,7 @@ def run_coordinator(
     with storage_errors_as_search_failed():
         return _coordinate(
             study, searcher, evaluate, on_observation, poll_interval, lost_after, max_retry,
-            check_workers, early_stop and bool(getattr(searcher, "early_termination", False)),
+            check_workers, early_stop and searcher.early_termination,
         )  # fmt: skip
 
 
@@ -147,13 +149,42 @@ def _coordinate(
         if evaluate is not None and waiting:
             # Early termination's first rival comes from this cycle's read; a trial that
             # finished since (another worker's) only makes the rival stronger on its refresh.
-            run_one(study, evaluate, trials=trials)
+            _evaluate_here(study, evaluate, trials)
             continue
         check_workers()
         optuna.storages.fail_stale_trials(study)
         time.sleep(poll_interval)
     st.set_finished(study, True)
     return searcher.result()
+
+
+def _evaluate_here(study: optuna.Study, evaluate: Evaluate, trials: Sequence[FrozenTrial]) -> None:
+    """Evaluate one waiting trial in this process (`workers=0`).
+
+    An evaluation that raises ends the search with the same one line as a worker's failure
+    (Optuna's own warning with the traceback is silenced; `debug=true` shows the cause).
+    """
+    try:
+        with quiet_trial_failures():
+            run_one(study, evaluate, trials=trials)
+    except Exception as err:
+        mine = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if st.ERROR in t.user_attrs and t.user_attrs.get(st.WORKER) == worker_id()
+        ]
+        candidate = st.candidate_of(mine[-1]) if mine else None
+        if candidate is None:
+            raise  # not an evaluation's error (the storage, a bug): as it is
+        raise _evaluation_failed(candidate, mine[-1]) from err
+
+
+def _evaluation_failed(candidate: Candidate, trial: FrozenTrial) -> SearchFailed:
+    return SearchFailed(
+        f"evaluating drop set {candidate.drop} failed in worker "
+        f"{trial.user_attrs.get(st.WORKER, '?')} (trial {trial.number}): "
+        f"{trial.user_attrs[st.ERROR]}"
+    )
 
 
 def _by_candidate(trials: list[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
@@ -264,12 +295,7 @@ def _recover(
         return False
     errors = [t for t in failed_now if st.ERROR in t.user_attrs]
     if errors:
-        trial = errors[-1]
-        raise SearchFailed(
-            f"evaluating drop set {candidate.drop} failed in worker "
-            f"{trial.user_attrs.get(st.WORKER, '?')} (trial {trial.number}): "
-            f"{trial.user_attrs[st.ERROR]}"
-        )
+        raise _evaluation_failed(candidate, errors[-1])
     if max_retry is not None and len(failed_now) > max_retry:
         raise SearchFailed(
             f"the evaluation of drop set {candidate.drop} was lost {len(failed_now)} times "

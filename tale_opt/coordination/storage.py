@@ -35,10 +35,12 @@ from typing import Any
 import optuna
 from optuna.exceptions import StorageInternalError
 from sqlalchemy import event
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DatabaseError, IntegrityError, ProgrammingError
 
+from tale_opt import validate
 from tale_opt.coordination.optuna_adapter import HeartbeatJournalStorage, ReconnectingRDBStorage
 from tale_opt.coordination.reconnect import Reconnect
+from tale_opt.credentials import mask
 from tale_opt.errors import UsageError, did_you_mean
 
 URL_ENV = "TALE_OPT_STORAGE_URL"
@@ -93,9 +95,7 @@ class StorageConfig:
         if unknown:
             raise UsageError(f"storage has no key(s) {unknown}; it accepts: {sorted(_KEYS)}")
         for key in ("heartbeat_interval", "grace_period", "connect_timeout"):
-            value = cfg.get(key, getattr(cls, key))
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"`storage.{key}` must be an integer >= 1, but got {value!r}")
+            validate.integer(cfg.get(key, getattr(cls, key)), f"storage.{key}", minimum=1)
         if cfg.get("grace_period", cls.grace_period) <= cfg.get(
             "heartbeat_interval", cls.heartbeat_interval
         ):
@@ -104,12 +104,10 @@ class StorageConfig:
                 f"(grace_period={cfg.get('grace_period')}, "
                 f"heartbeat_interval={cfg.get('heartbeat_interval')})"
             )
-        retry = cfg.get("max_retry", cls.max_retry)
-        if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int)):
-            raise UsageError(f"`storage.max_retry` must be an integer or null, but got {retry!r}")
-        poll = cfg.get("poll_interval", cls.poll_interval)
-        if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
-            raise UsageError(f"`storage.poll_interval` must be a number > 0, but got {poll!r}")
+        validate.integer(cfg.get("max_retry", cls.max_retry), "storage.max_retry",
+                         minimum=0, allow_none=True)  # fmt: skip
+        validate.number(cfg.get("poll_interval", cls.poll_interval), "storage.poll_interval",
+                        above=0)  # fmt: skip
         if kind == "postgres":
             url = cfg.get("url") or os.environ.get(URL_ENV)
             if not url:
@@ -145,11 +143,6 @@ class StorageConfig:
         else:
             args.append(f"storage.path={self.path}")
         return args
-
-
-def mask(url: str | None) -> str:
-    """`url` with its password replaced by ***."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url or "")
 
 
 def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storages.BaseStorage:
@@ -202,7 +195,7 @@ def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storag
                     url, engine_kwargs=engine_kwargs, skip_table_creation=not create,
                     reconnect=reconnect, **liveness,
                 )  # fmt: skip
-            except (IntegrityError, OperationalError, ProgrammingError) as err:
+            except DatabaseError as err:
                 # Another process (a worker that started first, or a second coordinator) was
                 # creating the tables or writing the schema's version row at the same moment;
                 # a second look finds them complete.
@@ -219,7 +212,7 @@ def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storag
             reset=lambda: None,  # each attempt builds its own engine
             what="opening the storage",
         )
-    except (OperationalError, ProgrammingError, IntegrityError, StorageInternalError) as err:
+    except (DatabaseError, StorageInternalError) as err:
         # Optuna wraps errors inside its sessions; the driver's message is on the cause.
         cause = err.__cause__ if isinstance(err, StorageInternalError) else err
         orig = getattr(cause, "orig", None)
@@ -228,6 +221,12 @@ def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storag
         if not create and (isinstance(cause, ProgrammingError) or config.kind == "sqlite"):
             raise StorageNotReady(
                 f"{config.describe()} has no tale_opt tables yet ({reason})"
+            ) from err
+        if config.kind == "sqlite":
+            raise UsageError(
+                f"cannot use the sqlite storage {config.path} ({reason}); storage.path must be "
+                "a SQLite file tale_opt may read and write (or a new path): move a damaged or "
+                "foreign file away, or choose another storage.path"
             ) from err
         raise UsageError(
             f"cannot reach the {config.kind} storage {config.describe()} ({reason}); start the "

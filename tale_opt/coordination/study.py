@@ -79,20 +79,43 @@ def open_study(
         sampler=optuna.samplers.RandomSampler(seed=0),  # never asked: trials are enqueued
         load_if_exists=True,
     )
-    stored = study.user_attrs.get(FINGERPRINT)
+    if _check_resumable(study, fingerprint):
+        study.set_user_attr(FINGERPRINT, fingerprint)
+        study.set_user_attr(CONFIG, json.loads(json.dumps(config, default=str)))
+    return study
+
+
+def check_study(storage: Any, name: str, fingerprint: Mapping[str, Any]) -> None:
+    """Raise what `open_study` would raise, without creating anything (checked before the
+    model loads, so a study of another search fails in seconds, not after the load).
+
+    Raises:
+        UsageError: The study exists but was made for a different search.
+    """
+    try:
+        study = optuna.load_study(
+            study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=0)
+        )
+    except KeyError:
+        return
+    _check_resumable(study, json.loads(json.dumps(fingerprint, default=str)))
+
+
+def _check_resumable(study: optuna.Study, fingerprint: Mapping[str, Any]) -> bool:
+    """Whether `study` is new (no fingerprint yet); raise if it is another search's."""
+    name, stored = study.study_name, study.user_attrs.get(FINGERPRINT)
     if stored is None:
         if study.get_trials(deepcopy=False):
             raise UsageError(
                 f"study {name!r} exists but was not created by tale_opt; choose another study=NAME"
             )
-        study.set_user_attr(FINGERPRINT, fingerprint)
-        study.set_user_attr(CONFIG, json.loads(json.dumps(config, default=str)))
-    elif stored != fingerprint:
+        return True
+    if stored != fingerprint:
         raise UsageError(
             f"study {name!r} belongs to a different search ({_differences(stored, fingerprint)}); "
             "use another study=NAME, or leave study unset to derive one from the configuration"
         )
-    return study
+    return False
 
 
 def load_study(storage: Any, name: str) -> optuna.Study | None:

@@ -9,9 +9,10 @@ we mark that one `stray` and prune it without evaluating anything, so it is neve
 Exact early termination: when the coordinator marked a trial `prunable` and the evaluator can
 stop early (``supports_early_stop``, called as ``evaluate(candidate, can_still_win=...)``), the
 evaluation stops as soon as the candidate cannot beat the best completed rival of its round in
-the study (`searchers.greedy.can_still_win`; the rival is re-read at most every
-`INCUMBENT_REFRESH_S` seconds). The trial then ends PRUNED with the upper bound as its score
-and the rival in ``extras["bounded_by"]``; PRUNED is final, so it is never retried.
+the study (`searchers.base.Searcher.can_still_win`, the rule every searcher's rounds follow;
+the rival is re-read at most every `INCUMBENT_REFRESH_S` seconds). The trial then ends PRUNED
+with the upper bound as its score and the rival in ``extras["bounded_by"]``; PRUNED is final,
+so it is never retried.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from typing import Any
 import optuna
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError
 
-from searchers.greedy import best_rival, can_still_win
+from searchers.base import Searcher
 from tale_opt.coordination import study as st
 from tale_opt.errors import SearchFailed
 from tale_opt.types import Candidate, DropSet, Observation, Status
@@ -58,13 +59,45 @@ def storage_errors_as_search_failed() -> Iterator[None]:
     """A database that stops answering mid-search ends it with one clear line, not a trace."""
     try:
         yield
-    except (StorageInternalError, OperationalError) as err:
+    except (StorageInternalError, DatabaseError) as err:
         cause = err.__cause__ or err
         reason = " ".join(str(getattr(cause, "orig", None) or cause).split())[:300]
         raise SearchFailed(
             f"lost the trial storage ({reason}); once the database answers again, run the "
             "same command again: finished trials are kept"
         ) from err
+
+
+class _DropTrialFailures(logging.Filter):
+    """Drops Optuna's "Trial N failed ..." warning, which carries the whole traceback: every
+    one, or only those of a Ctrl-C (a traceback that says nothing)."""
+
+    def __init__(self, interrupts_only: bool) -> None:
+        super().__init__()
+        self.interrupts_only = interrupts_only
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not (message.startswith("Trial ") and " failed" in message):
+            return True
+        if not self.interrupts_only:
+            return False
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, KeyboardInterrupt)
+
+
+@contextlib.contextmanager
+def quiet_trial_failures(*, interrupts_only: bool = False) -> Iterator[None]:
+    """Silence Optuna's traceback of a failed trial where the caller reports the failure
+    itself in one line (the coordinator evaluating in-process; the error stays on the trial),
+    or, with `interrupts_only`, only that of a Ctrl-C (a worker keeps real errors' traces)."""
+    logger = logging.getLogger("optuna.study._optimize")
+    dropper = _DropTrialFailures(interrupts_only)
+    logger.addFilter(dropper)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropper)
 
 
 def worker_id() -> str:
@@ -167,7 +200,7 @@ def run_one(
 
 class Incumbent:
     """`can_still_win` of one candidate: against the best completed rival of its round in the
-    study (same probe and base, `searchers.greedy.best_rival`), read on the first call (from
+    study (same probe and base, `Searcher.best_rival`), read on the first call (from
     `trials` when the caller has just read them) and again at most every `refresh` seconds.
     A stale rival is a weaker one, so never wrong."""
 
@@ -189,10 +222,10 @@ class Incumbent:
             self._read_at = now
             counts = st.completed_counts(self.study, self.candidate, self._trials)
             self._trials = None  # later refreshes read the study
-            self.rival = best_rival(self.candidate.drop, counts)
+            self.rival = Searcher.best_rival(self.candidate.drop, counts)
         if self.rival is None:
             return True
-        return can_still_win(self.candidate.drop, max_correct, *self.rival)
+        return Searcher.can_still_win(self.candidate.drop, max_correct, *self.rival)
 
     def annotate(self, observation: Observation) -> Observation:
         """A pruned observation with the rival that bounded it in ``extras["bounded_by"]``."""
@@ -233,7 +266,7 @@ def run_worker(
     Returns:
         Counts of what this worker did.
     """
-    with storage_errors_as_search_failed():
+    with storage_errors_as_search_failed(), quiet_trial_failures(interrupts_only=True):
         return _work(study, evaluate, poll_interval, idle_timeout, keep_going)
 
 

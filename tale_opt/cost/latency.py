@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tale_opt import validate
+from tale_opt.errors import ConfigValueError
 from tale_opt.model.surgery import dropped_layers, num_decoder_layers
 from tale_opt.types import DropSet
 
@@ -43,36 +45,30 @@ class LatencySettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
-        if not self.batch_sizes or any(_bad_int(b, 1) for b in self.batch_sizes):
-            raise ValueError(f"batch sizes must be integers >= 1, but got {self.batch_sizes!r}")
+        if not self.batch_sizes:
+            raise ConfigValueError("batch_sizes must list at least one batch size")
+        for size in self.batch_sizes:
+            validate.integer(size, "batch_sizes[]", minimum=1)
         for name, minimum in (
             ("prompt_tokens", 1),
             ("new_tokens", 1),
             ("repeats", 1),
             ("warmup", 0),
+            ("seed", 0),
         ):
-            value = getattr(self, name)
-            if _bad_int(value, minimum):
-                raise ValueError(f"`{name} >= {minimum}` must hold, but got {name}={value!r}")
+            validate.integer(getattr(self, name), name, minimum=minimum)
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any] | None) -> LatencySettings:
         """Build from a config node; unknown keys raise ValueError listing the known ones."""
         options = dict(options or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown latency option(s) {unknown}; known: {sorted(known)}")
+        validate.known_keys(options, cls.__dataclass_fields__, "latency")
         if "batch_sizes" in options:
             options["batch_sizes"] = tuple(options["batch_sizes"])
         return cls(**options)
 
 
 _NO_DROP = DropSet()
-
-
-def _bad_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int) or value < minimum
 
 
 @dataclass(frozen=True)

@@ -19,19 +19,25 @@ Scoring modes:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tale_opt import validate
 from tale_opt.errors import UsageError, did_you_mean
 from tale_opt.evaluation.prefix import GIB, PREFIX_SCORING, PrefixCache, capture, resumed
-from tale_opt.evaluation.prompts import PromptEncoder, label_token_ids
+from tale_opt.evaluation.prompts import (
+    PromptEncoder,
+    label_token_ids,
+    text_before_first_question,
+)
 from tale_opt.evaluation.results import EvalResult, Prediction
 from tale_opt.evaluation.scoring import (
     Progress,
@@ -48,8 +54,10 @@ from tale_opt.evaluation.shared_prefix import (
     supports_shared_prefix,
 )
 from tale_opt.model.surgery import dropped_layers
-from tale_opt.tasks.base import Example, Task
+from tale_opt.tasks.base import Example, Message, Task
 from tale_opt.types import DropSet
+
+log = logging.getLogger("tale_opt")
 
 SCORING_MODES = frozenset({"generate", "letters", "loglik"})
 _NO_DROP = DropSet()
@@ -140,18 +148,9 @@ class Evaluator:
             raise UsageError(
                 f"unknown scoring mode {scoring!r}.{did_you_mean(scoring, SCORING_MODES)}"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(f"`batch_size >= 1` must hold, but got batch_size={batch_size!r}")
-        if (
-            isinstance(max_new_tokens, bool)
-            or not isinstance(max_new_tokens, int)
-            or max_new_tokens < 1
-        ):
-            raise UsageError(
-                f"`max_new_tokens >= 1` must hold, but got max_new_tokens={max_new_tokens!r}"
-            )
-        if not isinstance(chat_template, bool):
-            raise UsageError(f"`chat_template` must be true or false, but got {chat_template!r}")
+        validate.integer(batch_size, "eval.batch_size", minimum=1)
+        validate.integer(max_new_tokens, "eval.max_new_tokens", minimum=1)
+        validate.boolean(chat_template, "eval.chat_template")
         self.model = model
         self.tokenizer = tokenizer
         self.task = task
@@ -166,36 +165,48 @@ class Evaluator:
             stop_strings = getattr(task, "stop_strings", ())
         self.stop = StopCondition(stop_strings, getattr(task, "stop_patterns", ()))
         self.shared_prefix = bool(shared_prefix) and supports_shared_prefix(model)
+        self._shown_prompt = False  # the first prompt's opening is logged once (see prepare)
 
     # -- tokenization, once per run -------------------------------------------------------
-    def prepare(self, examples: Sequence[Example]) -> PreparedSplit:
-        """Tokenize `examples` for this evaluator's scoring mode (once per run).
+    def prepare(self, examples: Sequence[Example], *, split: str = "") -> PreparedSplit:
+        """Tokenize `examples` for this evaluator's scoring mode (once per run), checking
+        once what would make every candidate's score meaningless.
+
+        Args:
+            examples: The split's examples.
+            split: Its name (``optimization``, ``held-out``), for error messages.
 
         Raises:
             UsageError: No examples; a multiple-choice example without labels (letters) or
-                with an empty continuation (loglik); labels that share a first token.
+                with an empty continuation (loglik); one with a single option (every
+                configuration would get it right); labels that share a first token; a
+                sequence longer than the model's context (`context_length`).
         """
         examples = tuple(examples)
         if not examples:
             raise UsageError("cannot evaluate an empty list of examples")
         encoder = PromptEncoder(self.tokenizer, chat_template=self.chat_template)
         prompt_ids = tuple(tuple(encoder.encode(self.task.messages(ex))) for ex in examples)
+        if not self._shown_prompt:
+            self._shown_prompt = True
+            self._log_prompt(encoder, self.task.messages(examples[0]))
         label_ids: list[tuple[tuple[int, ...], ...]] = []
         continuation_ids: list[tuple[tuple[int, ...], ...]] = []
         if self.scoring == "letters":
             cache: dict[tuple[str, ...], tuple[tuple[int, ...], ...]] = {}
-            for ex in examples:
+            for i, ex in enumerate(examples):
                 labels = tuple(self.task.labels(ex))
                 if not labels:
                     raise UsageError(
                         f"example {ex.id!r} has no answer labels; scoring=letters needs a "
                         "multiple-choice task (use scoring=generate for generative tasks)"
                     )
+                self._require_two_options(i, ex, len(labels), split)
                 if labels not in cache:
                     cache[labels] = label_token_ids(self.tokenizer, labels)
                 label_ids.append(cache[labels])
         elif self.scoring == "loglik":
-            for ex in examples:
+            for i, ex in enumerate(examples):
                 conts = tuple(self.task.continuations(ex))
                 ids = tuple(self._encode_continuation(ex, c) for c in conts)
                 if not ids:
@@ -203,12 +214,70 @@ class Evaluator:
                         f"example {ex.id!r} has no continuations; scoring=loglik needs a "
                         "multiple-choice task"
                     )
+                self._require_two_options(i, ex, len(ids), split)
                 continuation_ids.append(ids)
+        self._check_context(examples, prompt_ids, continuation_ids, split)
         shared_len = shared_prefix_length(prompt_ids) if self.shared_prefix else 0
         return PreparedSplit(
             self.scoring, examples, prompt_ids, tuple(label_ids), tuple(continuation_ids),
             shared_len,
         )  # fmt: skip
+
+    def _log_prompt(self, encoder: PromptEncoder, messages: Sequence[Message]) -> None:
+        """Say once how prompts are rendered, with what the model reads before the first
+        question: a chat template may add a system prompt the task never asked for."""
+        if encoder.uses_chat_template:
+            how = "the tokenizer's chat template (eval.chat_template=false: plain text)"
+        else:
+            how = "plain text, no chat template"
+        head = text_before_first_question(encoder.render(messages), messages)
+        log.info("prompts: %s; before the first question the model reads %r", how, head)
+
+    def _where(self, index: int, example: Example, split: str) -> str:
+        split = f" of the {split} split" if split else ""
+        return f"task {self.task.name!r}: example {index} (id {example.id!r}){split}"
+
+    def _require_two_options(self, index: int, example: Example, n: int, split: str) -> None:
+        # With one option every configuration is right, so the example only dilutes the
+        # differences the search is looking for.
+        if n < 2:
+            raise UsageError(
+                f"{self._where(index, example, split)} has {n} option(s), but a multiple-choice "
+                "question needs at least two (with one, every configuration gets it right); "
+                "remove it from the data or give it its options"
+            )
+
+    def _check_context(
+        self,
+        examples: Sequence[Example],
+        prompt_ids: Sequence[Sequence[int]],
+        continuation_ids: Sequence[Sequence[Sequence[int]]],
+        split: str,
+    ) -> None:
+        """Refuse a sequence the model cannot hold: past its context, positions are ones it
+        never saw (or do not exist), so its scores would mean nothing."""
+        limit = context_length(self.model, self.tokenizer)
+        if limit is None:
+            return
+        context, source = limit
+        for i, (ex, prompt) in enumerate(zip(examples, prompt_ids, strict=True)):
+            if self.scoring == "loglik":
+                extra = max(len(c) for c in continuation_ids[i])
+                what, fix = "of its longest choice", ""
+            elif self.scoring == "generate":
+                extra, what = self.max_new_tokens, "tokens to generate"
+                fix = "lower eval.max_new_tokens, "
+            else:
+                extra, what, fix = 0, "", ""
+            needed = len(prompt) + extra
+            if needed <= context:
+                continue
+            parts = f"{len(prompt)} of prompt" + (f" + {extra} {what}" if extra else "")
+            raise UsageError(
+                f"{self._where(i, ex, split)} needs {needed} tokens ({parts}), but the model's "
+                f"context is {context} tokens ({source}); {fix}show fewer demonstrations "
+                "(task.fewshot.k) or use a model with a longer context"
+            )
 
     def _encode_continuation(self, example: Example, text: str) -> tuple[int, ...]:
         # Tokenized on its own (no special tokens) so the prompt's tokens stay exactly those of
@@ -356,9 +425,12 @@ class Evaluator:
         task = self.task
         if self.scoring == "generate":
             return _prediction(task, example, task.parse(outcome, example), outcome)
-        texts = task.labels(example) if self.scoring == "letters" else task.continuations(example)
         choice = _argmax(outcome)
-        return _prediction(task, example, choice, texts[choice], outcome)
+        if self.scoring == "letters":
+            return _prediction(task, example, choice, task.labels(example)[choice], outcome)
+        pred = _prediction(task, example, choice, task.continuations(example)[choice], outcome)
+        # Kept per example: `accuracy_norm` ranks by them, the predictions file shows them.
+        return replace(pred, norm_scores=normalized_scores(outcome, choice_texts(task, example)))
 
     def _result(
         self, prepared: PreparedSplit, predictions: list[Prediction], seconds: float
@@ -381,9 +453,7 @@ class Evaluator:
         accuracy_norm = None
         if self.scoring == "loglik":
             n_norm = sum(
-                _is_correct(
-                    self.task, normalized_choice(pred.scores, choice_texts(self.task, ex)), ex
-                )
+                _is_correct(self.task, _argmax(pred.norm_scores), ex)
                 for ex, pred in zip(prepared.examples, predictions, strict=True)
             )
             accuracy_norm = n_norm / n
@@ -400,6 +470,30 @@ class Evaluator:
         )
 
 
+# transformers sets `model_max_length` to int(1e30) when a tokenizer's files name no limit.
+_NO_TOKENIZER_LIMIT = 10**12
+
+
+def context_length(model: nn.Module, tokenizer: Any) -> tuple[int, str] | None:
+    """The most tokens one sequence may hold, and which setting says so; None when neither
+    does.
+
+    Both the model's ``max_position_embeddings`` and the tokenizer's ``model_max_length``
+    count where they are real (the tokenizer's is often an "unset" placeholder); where both
+    are, the smaller wins: either one marks lengths the model was not trained on.
+    """
+    config = model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append((positions, "max_position_embeddings"))
+    tokens = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokens, int) and 0 < tokens < _NO_TOKENIZER_LIMIT:
+        limits.append((tokens, "tokenizer.model_max_length"))
+    return min(limits) if limits else None
+
+
 def choice_texts(task: Task, example: Example) -> tuple[str, ...]:
     """What `accuracy_norm` measures the length of: each choice's own text, without the
     separator that joins it to the prompt (a multiple-choice example's `choices`), else the
@@ -410,15 +504,19 @@ def choice_texts(task: Task, example: Example) -> tuple[str, ...]:
     return continuations
 
 
-def normalized_choice(scores: Sequence[float], texts: Sequence[str]) -> int:
-    """The choice with the highest log-likelihood per character of its text.
+def normalized_scores(scores: Sequence[float], texts: Sequence[str]) -> tuple[float, ...]:
+    """Each choice's log-likelihood per character of its text.
 
-    lm-evaluation-harness's ``acc_norm``: the summed log-likelihood divided by the length of
-    the choice text in characters (Unicode code points, not UTF-8 bytes), without the
-    separator (``" "``) that precedes it in the scored continuation. First maximum on ties.
+    lm-evaluation-harness's ``acc_norm`` ranks by this: the summed log-likelihood divided by
+    the length of the choice text in characters (Unicode code points, not UTF-8 bytes),
+    without the separator (``" "``) that precedes it in the scored continuation.
     """
-    normed = [s / max(len(t), 1) for s, t in zip(scores, texts, strict=True)]
-    return _argmax(normed)
+    return tuple(s / max(len(t), 1) for s, t in zip(scores, texts, strict=True))
+
+
+def normalized_choice(scores: Sequence[float], texts: Sequence[str]) -> int:
+    """The choice with the highest `normalized_scores` value (first maximum on ties)."""
+    return _argmax(normalized_scores(scores, texts))
 
 
 def _is_correct(task: Task, prediction: Any | None, example: Example) -> bool:

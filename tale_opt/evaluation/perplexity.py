@@ -193,14 +193,17 @@ def evaluate_perplexity(
     return PerplexityResult(nll_sum, prepared.n_scored, time.perf_counter() - start)
 
 
-def task_texts(task: Task, examples: Sequence[Example], tokenizer: Any) -> list[str]:
-    """A task's own text: each example's prompt (chat template, demonstrations included) with
-    the ideal reply (`Task.target`) appended as the assistant's answer.
+def task_texts(
+    task: Task, examples: Sequence[Example], tokenizer: Any, *, chat_template: bool = True
+) -> list[str]:
+    """A task's own text: each example's prompt (rendered as the evaluator renders it:
+    chat template unless `chat_template` is False, demonstrations included) with the ideal
+    reply (`Task.target`) appended as the assistant's answer.
 
     With a chat template the text already carries its special tokens: prepare it with
-    ``prepare_text(..., add_special_tokens=not has_chat_template(tokenizer))``.
+    ``prepare_text(..., add_special_tokens=not PromptEncoder(...).uses_chat_template)``.
     """
-    encoder = PromptEncoder(tokenizer)
+    encoder = PromptEncoder(tokenizer, chat_template=chat_template)
     texts = []
     for example in examples:
         prompt = encoder.render(task.messages(example))

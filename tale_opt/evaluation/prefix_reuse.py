@@ -1,17 +1,19 @@
 """Which base model's hidden states to keep while a worker evaluates a stream of candidates.
 
-A worker sees candidates one at a time, in any order, from any round, without being told the
-round's base (the accepted drop set B that every candidate ``B ∪ {ℓ}`` extends). It infers B:
+A worker sees candidates one at a time, in any order, from any round. Every candidate
+``B ∪ {ℓ}`` of a round extends the round's base B (the accepted drop set), and the states of
+the model without B are what the candidates can start from. The coordinator stores B with each
+trial and the worker passes it as `base`; it is used when it is a strict subset of the
+candidate. Without it (a caller that does not know B) the base is inferred:
 
 * the cache it holds fits when its base is the candidate minus one layer;
 * otherwise, two consecutive candidates of the same size k that share k − 1 layers are two
-  removals from one round: their intersection is B, and its states are captured now;
-* a caller that knows B passes it as `base` (a hint, checked like the rest).
+  removals from one round: their intersection is B, and its states are captured now.
 
-Whatever is inferred, the cache is only used for a candidate that strictly contains its base
-(`PrefixCache.start_layer`), which is exactly when the reuse is exact; any other candidate,
-including one of a stale round, runs the plain path. A wrong guess costs one capture, never a
-wrong score.
+Whatever is passed or inferred, the cache is only used for a candidate that strictly contains
+its base (`PrefixCache.start_layer`), which is exactly when the reuse is exact; any other
+candidate, including one of a stale round, runs the plain path. A wrong base costs one
+capture, never a wrong score.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
+
+from tale_opt import validate
 from tale_opt.evaluation.evaluator import Evaluator, PreparedSplit
 from tale_opt.evaluation.prefix import PREFIX_SCORING, PrefixCache
 from tale_opt.evaluation.results import EvalResult
@@ -41,8 +46,7 @@ class PrefixReuse:
     """
 
     def __init__(self, evaluator: Evaluator, prepared: PreparedSplit, budget_gb: float) -> None:
-        if isinstance(budget_gb, bool) or not isinstance(budget_gb, int | float) or budget_gb < 0:
-            raise ValueError(f"`prefix_cache_gb >= 0` must hold, but got {budget_gb!r}")
+        validate.number(budget_gb, "eval.prefix_cache_gb", minimum=0)
         self.evaluator = evaluator
         self.prepared = prepared
         self.budget_gb = float(budget_gb)
@@ -76,6 +80,19 @@ class PrefixReuse:
         return self.evaluator.evaluate(
             self.prepared, drop, progress=progress, prefix=cache, **options
         )
+
+    def release(self) -> int:
+        """Drop the cached states and forget the round base; returns the bytes they held.
+
+        For when the candidates are done (the same model then measures latency and scores the
+        held-out split, which need the memory, not the states). A later candidate simply
+        captures again.
+        """
+        held = self.cache.nbytes if self.cache is not None else 0
+        self.cache, self._base, self._previous = None, None, None
+        if held and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # hand the freed blocks back, not just to torch's pool
+        return held
 
     def _cache_for(self, drop: DropSet, hint: DropSet | None) -> PrefixCache | None:
         previous, self._previous = self._previous, drop

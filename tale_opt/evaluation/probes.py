@@ -53,8 +53,12 @@ def load_probe_texts(
     tokenizer: Any,
     task: Task | None = None,
     examples: Sequence[Example] = (),
+    chat_template: bool = True,
 ) -> tuple[list[str], bool]:
     """The documents of a normalized text spec, and whether to add special tokens to them.
+
+    `chat_template` (``eval.chat_template``) renders ``source: task`` text like the task's
+    prompts: through the tokenizer's chat template, or as plain text when False.
 
     Raises:
         UsageError: ``source: task`` without a task, or unreadable text.
@@ -69,9 +73,9 @@ def load_probe_texts(
     if source == "task":
         if task is None or not examples:
             raise UsageError("probe text `source: task` needs the task's optimization split")
-        texts = task_texts(task, list(examples)[:limit], tokenizer)
+        texts = task_texts(task, list(examples)[:limit], tokenizer, chat_template=chat_template)
         # Chat-templated text already carries its special tokens.
-        return texts, not has_chat_template(tokenizer)
+        return texts, not (chat_template and has_chat_template(tokenizer))
     raise UsageError(f"unknown probe text source {source!r}; use lambada, task or file")
 
 
@@ -83,6 +87,8 @@ class ProbeRunner:
         text: A normalized text spec (keys of `searchers.options.TEXT_DEFAULTS`).
         task, examples: The task and its optimization split (for ``source: task``).
         batch_size: Windows / texts per forward.
+        chat_template: Render ``source: task`` text with the chat template (as the task's
+            prompts are, see ``eval.chat_template``).
     """
 
     def __init__(
@@ -94,8 +100,10 @@ class ProbeRunner:
         task: Task | None = None,
         examples: Sequence[Example] = (),
         batch_size: int = 8,
+        chat_template: bool = True,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.chat_template = chat_template
         self.text = dict(text)
         self.task, self.examples = task, tuple(examples)
         self.batch_size = batch_size
@@ -105,8 +113,9 @@ class ProbeRunner:
     @functools.cached_property
     def _texts(self) -> tuple[list[str], bool]:
         return load_probe_texts(
-            self.text, tokenizer=self.tokenizer, task=self.task, examples=self.examples
-        )
+            self.text, tokenizer=self.tokenizer, task=self.task, examples=self.examples,
+            chat_template=self.chat_template,
+        )  # fmt: skip
 
     @functools.cached_property
     def windows(self) -> PreparedText:

@@ -112,6 +112,16 @@ class PromptEncoder:
         )
 
 
+def text_before_first_question(text: str, messages: Sequence[Message]) -> str:
+    """What a rendered prompt holds before the content of its first user turn: the template's
+    header and the system turn, including a default system prompt that some chat templates
+    add when the task has none (SmolLM2's: "You are a helpful AI assistant named SmolLM,
+    trained by Hugging Face"). The whole text when the template changed the user content."""
+    first = next((m["content"] for m in messages if m["role"] == "user"), "")
+    at = text.find(first) if first else -1
+    return text[:at] if at >= 0 else text
+
+
 def first_token(tokenizer: Any, text: str) -> int | None:
     """The first token of `text` that is not whitespace only (None if there is none).
 

@@ -13,7 +13,9 @@ class Prediction:
     """One example's outcome. `prediction` is None when the output could not be parsed.
 
     `scores` holds the per-choice log-probabilities for `letters` and `loglik` (empty for
-    `generate`); `text` is the generated text, the chosen label, or the chosen continuation.
+    `generate`); `norm_scores` (`loglik` only) each choice's log-likelihood divided by the
+    length of its text in characters, what `accuracy_norm` ranks by; `text` is the generated
+    text, the chosen label, or the chosen continuation.
     """
 
     example_id: str
@@ -22,6 +24,26 @@ class Prediction:
     correct: bool
     text: str
     scores: tuple[float, ...] = ()
+    norm_scores: tuple[float, ...] = ()
+
+    def record(self, scoring: str) -> dict[str, Any]:
+        """The example's line in `predictions/*.jsonl` (plain JSON values).
+
+        With `loglik` scoring it also holds per choice, in order, the summed log-likelihood
+        (`loglik`) and the length-normalized one (`loglik_norm`), so `acc` and `acc_norm` can
+        be recomputed or compared with lm-evaluation-harness example by example.
+        """
+        row: dict[str, Any] = {
+            "id": self.example_id,
+            "prediction": self.prediction,
+            "gold": self.gold,
+            "correct": self.correct,
+            "output": self.text,
+        }
+        if scoring == "loglik":
+            row["loglik"] = [float(s) for s in self.scores]
+            row["loglik_norm"] = [float(s) for s in self.norm_scores]
+        return row
 
 
 @dataclass(frozen=True)

@@ -172,11 +172,13 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any]:
 def _hub_call(spec: ModelSpec, kind: str, auto_class: str, location: str, **kwargs: Any) -> Any:
     import transformers
     from huggingface_hub.constants import is_offline_mode
+    from safetensors import SafetensorError
 
     loader = getattr(transformers, auto_class)
     try:
         return loader.from_pretrained(location, **kwargs)
-    except (OSError, ValueError) as err:  # ValueError: e.g. a config.json without model_type
+    # ValueError: e.g. a config.json without model_type; SafetensorError: a damaged weights file
+    except (OSError, ValueError, SafetensorError) as err:
         what = "tokenizer" if auto_class == "AutoTokenizer" else "model"
         reason = " ".join(str(err).split())  # UsageError messages are printed on one line
         if kind == "local":

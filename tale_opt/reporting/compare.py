@@ -12,7 +12,6 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tale_opt.stats import accuracy_interval, format_accuracy, format_p
@@ -53,10 +52,18 @@ class SearchView:
     num_layers: int | None
     picks: dict[str, PickView]
     trajectory: list[tuple[int, float]] = field(default_factory=list)
+    status: str = "FINISHED"  # the parent run's MLflow status
 
     @property
     def label(self) -> str:
         return f"{self.searcher} · {self.model} · {self.task} · s{self.seed}"
+
+    @property
+    def has_result(self) -> bool:
+        """Whether the search got as far as its summary: an interrupted (or still running)
+        search has a parent run but no picks, only a row of dashes to show."""
+        return any(p.n_dropped is not None or p.heldout_accuracy is not None
+                   for p in self.picks.values())  # fmt: skip
 
 
 def _first(mapping: Mapping[str, Any], *keys: str, default: str = "?") -> str:
@@ -115,6 +122,7 @@ def search_view(record: Any) -> SearchView:
         num_layers=None if num_layers is None else int(num_layers),
         picks=picks,
         trajectory=trajectory,
+        status=getattr(record, "status", "FINISHED") or "FINISHED",
     )
 
 
@@ -147,53 +155,44 @@ def _dropped(pick: PickView) -> str:
 
 
 def runs_table(views: Sequence[SearchView]) -> str:
-    """One row per search: the baseline, then Best, BSBA and Final side by side."""
+    """One block of rows per search, one row per pick (Baseline, then Best, BSBA and Final):
+    ten columns, where one row per search with every pick side by side needed 23."""
     head = [
-        "run",
-        "model",
-        "task",
-        "searcher",
-        "seed",
-        "layers",
-        "baseline opt %",
-        "baseline held-out % [95% CI]",
-    ]
-    for pick in SHOWN_PICKS:
-        name = dict(PICKS)[pick]
-        head += [
-            f"{name} dropped",
-            f"{name} opt %",
-            f"{name} held-out % [95% CI]",
-            f"{name} vs Baseline",
-            f"{name} speed-up",
-            f"{name} TFLOPs",
-        ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * (len(head) - 5)]
+        "run", "search", "layers", "pick", "dropped", "opt %", "held-out % [95% CI]",
+        "vs Baseline", "speed-up", "TFLOPs",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for v in views:
-        base = v.picks["baseline"]
-        cells = [
-            v.run_id[:8],
-            v.model,
-            v.task,
-            v.searcher,
-            v.seed,
-            "-" if v.num_layers is None else str(v.num_layers),
-            _pct(base.opt_accuracy),
-            _heldout(base),
-        ]
-        for pick in SHOWN_PICKS:
+        for i, pick in enumerate(("baseline", *SHOWN_PICKS)):
             p = v.picks[pick]
-            tflops = "-" if p.tflops is None else f"{p.tflops:.4g}"
-            cells += [
+            first = i == 0  # the search's own columns only on its first row
+            layers = "-" if v.num_layers is None else str(v.num_layers)
+            cells = [
+                v.run_id[:8] if first else "",
+                v.label if first else "",
+                layers if first else "",
+                dict(PICKS)[pick],
                 _dropped(p),
                 _pct(p.opt_accuracy),
                 _heldout(p),
-                _versus(p),
+                "—" if pick == "baseline" else _versus(p),
                 _speed(p),
-                tflops,
+                "-" if p.tflops is None else f"{p.tflops:.4g}",
             ]
-        lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def left_out_note(views: Sequence[SearchView]) -> str:
+    """The searches without a result, named so they can be finished; "" when there are none."""
+    missing = [v for v in views if not v.has_result]
+    if not missing:
+        return ""
+    named = ", ".join(f"{v.run_id[:8]} ({v.label}, {v.status})" for v in missing)
+    return (
+        f"Left out: {len(missing)} search(es) without a result, interrupted or still running: "
+        f"{named}. Running the same command again resumes an interrupted search."
+    )
 
 
 def _mean_sd(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -235,10 +234,13 @@ def groups_table(views: Sequence[SearchView]) -> str:
 
 
 def comparison_markdown(views: Sequence[SearchView], source: str = "") -> str:
-    """The whole markdown report."""
+    """The whole markdown report; searches without a result are named, not tabulated."""
+    note = left_out_note(views)
+    views = [v for v in views if v.has_result]
     parts = [
         "# TALE searches compared",
         "",
+        *([note, ""] if note else []),
         f"{len(views)} search(es){f' from {source}' if source else ''}. Accuracies in %; "
         "held-out = the evaluation split the search never saw, with its 95% Wilson interval. "
         "vs Baseline: held-out examples only the pick / only Baseline gets right, and the "
@@ -255,18 +257,3 @@ def comparison_markdown(views: Sequence[SearchView], source: str = "") -> str:
         "",
     ]
     return "\n".join(parts)
-
-
-def write_report(
-    records: Sequence[Any], out_dir: str | Path, *, source: str = ""
-) -> tuple[Path, Path]:
-    """Write comparison.md and comparison.png for `records` (parent runs) into `out_dir`."""
-    from tale_opt.reporting.compare_plot import plot_comparison
-
-    views = [search_view(r) for r in records]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    md = out / COMPARISON_MD
-    md.write_text(comparison_markdown(views, source))
-    png = plot_comparison(views, out / COMPARISON_PNG)
-    return md, png

@@ -9,7 +9,7 @@ Runs are grouped by every setting except the seed and n_opt (one stability table
 then by n_opt. Per n_opt the report gives how often each layer is in the Final drop set across
 seeds, the mean pairwise Jaccard similarity of those sets, and the spread of the held-out
 accuracy of Final and of the Baseline. Standard library only (no mlflow): the pure functions
-here are what the tests pin; `write_stability_report` also draws the heatmap.
+here are what the tests pin; `reporting.files.write_stability_report` also draws the heatmap.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from tale_opt.errors import UsageError
 from tale_opt.stats import format_accuracy, wilson_interval
 from tale_opt.tracking import records as rec
 
@@ -465,31 +463,3 @@ def stability_markdown(data: StabilityData, source: str = "", max_runs: int | No
         ]
     parts.append("")
     return "\n".join(parts)
-
-
-def write_stability_report(
-    records: Sequence[Any],
-    out_dir: str | Path,
-    *,
-    source: str = "",
-    max_runs: int | None = None,
-) -> tuple[Path, Path, StabilityData]:
-    """Write stability.md and stability.png for `records` (parent runs) into `out_dir`.
-
-    Raises:
-        UsageError: None of `records` has a finished summary.
-    """
-    from tale_opt.reporting.stability_plot import plot_stability
-
-    data = collect(records)
-    if not data.groups:
-        raise UsageError(
-            f"none of the {data.total} search(es) read has a finished summary (no "
-            f"{FINISHED_METRIC} metric); wait for them to finish, or check --filter / --runs"
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    md = out / STABILITY_MD
-    md.write_text(stability_markdown(data, source, max_runs))
-    png = plot_stability(data.groups, out / STABILITY_PNG)
-    return md, png, data

@@ -20,6 +20,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+from tale_opt import validate
 from tale_opt.errors import UsageError
 from tale_opt.tasks.templates import check_keys, content_id
 
@@ -116,8 +117,7 @@ def generate(size: int, seed: int, min_tokens: int, max_tokens: int) -> list[tup
         UsageError: bad arguments, or the length range holds too few distinct expressions.
     """
     for key, value in (("size", size), ("min_tokens", min_tokens), ("max_tokens", max_tokens)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"boolean_expressions {key} must be an integer >= 1, got {value!r}")
+        validate.integer(value, f"boolean_expressions {key}", minimum=1)
     if min_tokens > max_tokens:
         raise UsageError(
             f"boolean_expressions needs min_tokens <= max_tokens, got {min_tokens} > {max_tokens}"

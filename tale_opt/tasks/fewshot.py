@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tale_opt import validate
 from tale_opt.errors import UsageError
 from tale_opt.tasks.base import Message
 from tale_opt.tasks.templates import check_keys, template_fields
@@ -43,10 +44,7 @@ class FewShotSpec:
     inline_separator: str = "\n\n"
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
-            raise UsageError(
-                f"task.fewshot.k must be an integer >= 0 (0 = zero-shot), but got {self.k!r}"
-            )
+        validate.integer(self.k, "task.fewshot.k", minimum=0)  # 0: zero-shot
         if self.style not in STYLES:
             raise UsageError(f"task.fewshot.style must be one of {STYLES}, got {self.style!r}")
         template_fields(self.inline_format, "task.fewshot.inline_format", {"prompt", "target"})

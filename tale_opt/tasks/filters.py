@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tale_opt import validate
 from tale_opt.errors import UsageError, did_you_mean
 from tale_opt.tasks.base import Example
 from tale_opt.tasks.templates import check_keys
@@ -43,8 +44,7 @@ def premises(question: str) -> list[str]:
 
 def _min_premises(options: Mapping[str, Any]) -> Callable[[Example], bool]:
     column, more_than = options["column"], options["more_than"]
-    if isinstance(more_than, bool) or not isinstance(more_than, int) or more_than < 0:
-        raise UsageError(f"task.filter.more_than must be an integer >= 0, got {more_than!r}")
+    validate.integer(more_than, "task.filter.more_than", minimum=0)
 
     def keep(example: Example) -> bool:
         return len(premises(str(example.fields.get(column, "")))) > more_than

@@ -28,6 +28,7 @@ from tale_opt.tasks.templates import (
     content_id,
     normalize,
     short_hash,
+    system_prompt,
     template_fields,
 )
 
@@ -41,11 +42,15 @@ class GenerativePrompt:
 
     Attributes:
         user: ``str.format`` template of the user turn over row columns, e.g. ``"{question}"``.
-        system: System prompt (verbatim), or None for no system turn.
+        system: System prompt (verbatim), or None for no system turn (so are ``""`` and
+            blank text, see `system_prompt`).
     """
 
     user: str
     system: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "system", system_prompt(self.system))
 
 
 class GenerativeTask:

@@ -27,6 +27,7 @@ from tale_opt.tasks.templates import (
     content_id,
     normalize,
     short_hash,
+    system_prompt,
 )
 from tale_opt.tasks.templates import template_fields as _template_fields
 
@@ -55,7 +56,8 @@ class PromptSpec:
     Attributes:
         user: ``str.format`` template of the user turn; placeholders are row columns plus
             ``{choices}`` (the rendered option lines).
-        system: System prompt, or None for no system turn. Used verbatim (no placeholders).
+        system: System prompt, or None for no system turn (so are ``""`` and blank text, see
+            `system_prompt`). Used verbatim (no placeholders).
         choice_format: Format of one option line, with ``{label}`` and ``{text}``.
         choice_separator: Joins the option lines.
         labels: Display labels, assigned to choices by position.
@@ -81,6 +83,7 @@ class PromptSpec:
             raise UsageError(
                 f"task.prompt.target must be one of {TARGETS}, but got {self.target!r}"
             )
+        object.__setattr__(self, "system", system_prompt(self.system))
         object.__setattr__(self, "labels", tuple(str(label) for label in self.labels))
         if self.label_source not in LABEL_SOURCES:
             raise UsageError(
@@ -181,7 +184,8 @@ class MultipleChoiceTask:
             row_format: The source's own row format spec, if it differs from the task's.
 
         Raises:
-            UsageError: a row lacks a needed column, or its gold answer is not a choice.
+            UsageError: a row lacks a needed column, has fewer than two choices, or its gold
+                answer is not a choice.
         """
         fmt, options = resolve_row_format(row_format or self.row_format)
         template_columns = [f for f in self.template_fields if f not in RESERVED_FIELDS]
@@ -202,6 +206,14 @@ class MultipleChoiceTask:
                     f"source {origin} row {index} (id {row.get(options['id'])!r}) does not fit "
                     f"row format '{fmt.name}': {err}"
                 ) from None
+            if len(extracted.choices) < 2:
+                # With one option every configuration gets the question right (with none,
+                # wrong), so it only dilutes the differences the search is looking for.
+                raise UsageError(
+                    f"source {origin} row {index} (id {row.get(options['id'])!r}) has "
+                    f"{len(extracted.choices)} option(s), but a multiple-choice question needs "
+                    "at least two; remove the row or give it its options"
+                )
             if len(extracted.choices) > len(self.prompt.labels):
                 raise UsageError(
                     f"source {origin} row {index} has {len(extracted.choices)} choices but "

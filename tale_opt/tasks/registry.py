@@ -60,6 +60,12 @@ TASK_KEYS = (
     "n_eval",
 )
 SOURCE_ROLES = ("optimization", "evaluation")
+ROLE_NAMES = {
+    "optimization": "optimization split",
+    "evaluation": "evaluation split",
+    "shared": "data",
+    "fewshot": "few-shot pool",
+}
 # type -> builder from the config node; each validates its own prompt / row_format keys.
 TASK_TYPES: dict[str, Callable[[Mapping[str, Any]], AnyTask]] = {
     "multiple_choice": MultipleChoiceTask.from_config,
@@ -184,7 +190,10 @@ def load_pools(
             if subject is not None:
                 for row in rows:
                     row.setdefault("subject", subject)
-            examples = task.to_examples(rows, describe(expanded), row_format)
+            try:
+                examples = task.to_examples(rows, describe(expanded), row_format)
+            except UsageError as err:  # a bad row: say whose and which part of the data
+                raise UsageError(f"task {task.name!r}, {ROLE_NAMES[role]}: {err}") from None
             pools[role] += [e for e in examples if keep(e)] if keep else examples
         if not pools[role]:
             raise UsageError(

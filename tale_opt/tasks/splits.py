@@ -29,7 +29,8 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from tale_opt.errors import UsageError
+from tale_opt import validate
+from tale_opt.errors import ConfigValueError, UsageError
 from tale_opt.tasks.base import Example, Splits
 
 OVERLAP_POLICIES = ("error", "exclude")
@@ -162,12 +163,10 @@ def check_size(name: str, value: Any) -> int | None:
     """A validated split size: a positive int, or None for all available (null or -1)."""
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and value == -1):
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UsageError(
-            f"task.{name} must be a positive integer, or null/-1 for all available, "
-            f"but got {value!r}"
-        )
-    return value
+    try:
+        return validate.integer(value, f"task.{name}", minimum=1)
+    except ConfigValueError as err:
+        raise ConfigValueError(f"{err} (null or -1: all available)") from err
 
 
 def check_overlap_policy(value: Any) -> None:

@@ -44,6 +44,25 @@ def template_fields(template: str, where: str, allowed: set[str] | None = None) 
     return tuple(names)
 
 
+def system_prompt(value: Any) -> str | None:
+    """The system prompt a task shows, or None for none.
+
+    null, ``""`` and whitespace-only text all mean "no system prompt": they render alike (no
+    system turn, so a chat template may add its own default) and, because every prompt spec
+    stores this value, they also get one prompt version. Real text is kept verbatim.
+
+    Raises:
+        UsageError: Neither text nor null.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(
+            f"task.prompt.system must be text or null (no system prompt), but got {value!r}"
+        )
+    return value if value.strip() else None
+
+
 def normalize(value: Any) -> str:
     """Case-, width- and whitespace-insensitive text, for duplicate detection."""
     return " ".join(unicodedata.normalize("NFKC", str(value)).casefold().split())

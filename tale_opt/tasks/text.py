@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tale_opt import validate
 from tale_opt.errors import UsageError
 from tale_opt.tasks.sources import load_rows, resolve_path
 from tale_opt.tasks.templates import check_keys
@@ -71,9 +72,9 @@ def load_texts(spec: Mapping[str, Any]) -> list[str]:
         UsageError: an unknown key, neither or both of ``lambada`` / ``path``, or bad data.
     """
     check_keys(spec, TEXT_KEYS, "perplexity text")
-    limit = spec.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise UsageError(f"perplexity text limit must be an integer >= 1 or null, got {limit!r}")
+    limit = validate.integer(
+        spec.get("limit"), "perplexity text limit", minimum=1, allow_none=True
+    )
     if bool(spec.get("lambada")) == bool(spec.get("path")):
         raise UsageError(
             f"perplexity text needs exactly one of 'lambada: true' or 'path', got {dict(spec)}"

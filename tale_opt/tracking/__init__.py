@@ -6,9 +6,13 @@ Importing this package is cheap: mlflow itself is imported on the first backend 
     parent = tracker.start_search(cfg, tags, search_key=search_key(flatten_params(cfg)))
     tracker.log_configuration(parent, "3,7", round=2, metrics={"accuracy": 0.61})
     tracker.log_summary(summary); tracker.log_artifacts(out_dir); tracker.finish()
-
-Other processes log into the same search with `tracker_from_info(tracker.worker_info())`.
 """
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
 
 from tale_opt.tracking.base import NullTracker, Tracker, TrackingWarning
 from tale_opt.tracking.records import (
@@ -23,9 +27,7 @@ from tale_opt.tracking.settings import (
     DEFAULT_EXPERIMENT,
     DEFAULT_TRACKING_URI,
     TrackingSettings,
-    build_tracker,
     resolve_tracking_uri,
-    tracker_from_info,
 )
 
 __all__ = [
@@ -43,5 +45,22 @@ __all__ = [
     "search_tags",
     "summary_metrics",
     "summary_tags",
-    "tracker_from_info",
 ]
+
+
+def build_tracker(
+    node: TrackingSettings | Mapping[str, Any] | None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> Tracker:
+    """The tracker a `tracking` config node asks for (MLflow is imported only on first use).
+
+    Raises:
+        UsageError: Invalid settings (bad kind, key or value). Backend problems never raise.
+    """
+    settings = node if isinstance(node, TrackingSettings) else TrackingSettings.from_mapping(node)
+    if settings.kind == "none":
+        return NullTracker()
+    # Here, not in settings.py: the MLflow tracker reads the settings module itself.
+    from tale_opt.tracking.mlflow_tracker import MlflowTracker
+
+    return MlflowTracker.from_settings(settings.resolved(base_dir))

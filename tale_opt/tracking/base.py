@@ -6,8 +6,8 @@ failure, it warns (`TrackingWarning`) and carries on, because the Optuna storage
 tracker, is the source of truth of a search. Methods return None when nothing was recorded.
 
 Run ids are explicit everywhere (no "active run" state shared through a module, as MLflow's
-fluent API has), so several processes can log children to one parent at the same time: the
-process that starts the search passes `worker_info()` to the others, which `attach` to it.
+fluent API has). Only the coordinator logs: it sees every finished evaluation, its own and
+those of workers on other machines, so workers need no tracker.
 """
 
 from __future__ import annotations
@@ -53,10 +53,6 @@ class Tracker(abc.ABC):
         """
 
     @abc.abstractmethod
-    def attach(self, parent_run_id: str) -> None:
-        """Log into an existing parent run (a worker process, or a resumed coordinator)."""
-
-    @abc.abstractmethod
     def log_configuration(
         self,
         parent_run_id: str | None,
@@ -76,7 +72,7 @@ class Tracker(abc.ABC):
         is updated in place with a complete result when one comes.
 
         Args:
-            parent_run_id: From `start_search` / `worker_info`; None records nothing.
+            parent_run_id: From `start_search`; None records nothing.
             drop_key: The drop set's canonical key ("" for the unpruned baseline).
             round: Search round (the baseline is round 0).
             metrics: Numbers (accuracy, invalid_rate, tflops, latency...); others are skipped.
@@ -104,18 +100,11 @@ class Tracker(abc.ABC):
     def finish(self, status: str = "FINISHED") -> None:
         """Close the parent run: FINISHED, FAILED or KILLED."""
 
-    def worker_info(self) -> dict[str, Any] | None:
-        """What another process needs to log into this search (JSON), or None."""
-        return None
-
 
 class NullTracker(Tracker):
     """Records nothing (``tracking=none``, or a search without a tracking config)."""
 
     def start_search(self, params, tags, *, run_name=None, search_key=None) -> None:
-        return None
-
-    def attach(self, parent_run_id: str) -> None:
         return None
 
     def log_configuration(

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tale_opt.credentials import mask
 from tale_opt.tracking import records as rec
 from tale_opt.tracking._client import make_client
 from tale_opt.tracking.base import Tracker, TrackingWarning
@@ -36,7 +37,9 @@ _PAGE = 1000
 
 
 def _tags(tags: Mapping[str, Any]) -> dict[str, str]:
-    return {rec.sanitize_key(k): rec.truncate(str(v), rec.MAX_TAG_LENGTH) for k, v in tags.items()}
+    # Masked here, where every tag is written: a URL in a tag must not carry its password.
+    limit = rec.MAX_TAG_LENGTH
+    return {rec.sanitize_key(k): rec.truncate(mask(str(v)), limit) for k, v in tags.items()}
 
 
 class MlflowTracker(Tracker):
@@ -163,7 +166,8 @@ class MlflowTracker(Tracker):
 
         client, now = self._client(), int(time.time() * 1000)
         metric_list = [Metric(k, v, now, step) for k, v in (metrics or {}).items()]
-        param_list = [Param(k, v) for k, v in (params or {}).items()]
+        # Params are the resolved config: storage.url / tracking.uri may carry a password.
+        param_list = [Param(k, mask(str(v))) for k, v in (params or {}).items()]
         tag_list = [RunTag(k, v) for k, v in _tags(tags or {}).items()]
         # MLflow's per-request limits: 1000 metrics, 100 params, 100 tags.
         for i in range(0, len(metric_list), 1000):
@@ -256,10 +260,6 @@ class MlflowTracker(Tracker):
         self.parent_run_id = self._guard("start the search's parent run", start)
         return self.parent_run_id
 
-    def attach(self, parent_run_id: str) -> None:
-        self.parent_run_id = parent_run_id
-        self._learn_parent(parent_run_id)
-
     def _learn_parent(self, parent_run_id: str) -> None:
         """Look up the parent's experiment and the children it has already."""
 
@@ -284,7 +284,7 @@ class MlflowTracker(Tracker):
         if parent_run_id is None or self._disabled:
             return None
         known = self._children.get(parent_run_id)
-        if known is None:  # a parent this tracker never started or attached to
+        if known is None:  # a parent this tracker did not start (another process did)
             self._learn_parent(parent_run_id)
             known = self._children.get(parent_run_id)
             if known is None:
@@ -376,8 +376,3 @@ class MlflowTracker(Tracker):
         if parent is None:
             return
         self._guard("close the parent run", lambda: self._client().set_terminated(parent, status))
-
-    def worker_info(self) -> dict[str, Any] | None:
-        if self.parent_run_id is None or self._disabled:
-            return None
-        return {**self.settings.as_dict(), "parent_run_id": self.parent_run_id}

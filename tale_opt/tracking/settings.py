@@ -10,14 +10,14 @@ writes to the same file.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from tale_opt import validate
+from tale_opt.credentials import mask
 from tale_opt.errors import UsageError, did_you_mean
-from tale_opt.tracking.base import NullTracker, Tracker
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "tale_opt"
@@ -68,12 +68,9 @@ class TrackingSettings:
                 f"tracking.experiment must be a non-empty name, but got {self.experiment!r}"
             )
         for name in ("http_timeout", "http_max_retries", "connect_timeout", "max_failures"):
-            value = getattr(self, name)
             minimum = 0 if name == "http_max_retries" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise UsageError(
-                    f"`tracking.{name} >= {minimum}` must hold, but got {name}={value!r}"
-                )
+            validate.integer(getattr(self, name), f"tracking.{name}", minimum=minimum)
+        validate.boolean(self.log_artifacts, "tracking.log_artifacts")
 
     @classmethod
     def from_mapping(cls, node: Mapping[str, Any] | None) -> TrackingSettings:
@@ -121,7 +118,7 @@ def resolve_tracking_uri(uri: str, base_dir: str | os.PathLike[str] | None = Non
 
 def redact(uri: str) -> str:
     """`uri` without a password (``postgresql://user:***@host/db``), for messages."""
-    return re.sub(r"(://[^/:@]+):[^@/]*@", r"\1:***@", uri)
+    return mask(uri)
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -130,32 +127,3 @@ def sqlite_path(uri: str) -> Path | None:
     if uri.startswith(prefix) and uri[len(prefix) :].startswith("/"):
         return Path(uri[len(prefix) :])
     return None
-
-
-def build_tracker(
-    node: TrackingSettings | Mapping[str, Any] | None,
-    base_dir: str | os.PathLike[str] | None = None,
-) -> Tracker:
-    """The tracker a `tracking` config node asks for (MLflow is imported only on first use).
-
-    Raises:
-        UsageError: Invalid settings (bad kind, key or value). Backend problems never raise.
-    """
-    settings = node if isinstance(node, TrackingSettings) else TrackingSettings.from_mapping(node)
-    if settings.kind == "none":
-        return NullTracker()
-    from tale_opt.tracking.mlflow_tracker import MlflowTracker
-
-    return MlflowTracker.from_settings(settings.resolved(base_dir))
-
-
-def tracker_from_info(info: Mapping[str, Any] | None) -> Tracker:
-    """Rebuild a search's tracker in another process from its `Tracker.worker_info()`."""
-    if not info:
-        return NullTracker()
-    info = dict(info)
-    parent = info.pop("parent_run_id", None)
-    tracker = build_tracker(info)
-    if parent:
-        tracker.attach(parent)
-    return tracker

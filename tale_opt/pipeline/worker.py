@@ -52,7 +52,7 @@ def run(
         torch.set_num_threads(threads)
     config = StorageConfig.from_mapping(storage)
     found = _wait_for_study(config, study, idle_timeout)
-    from tale_opt.search_setup import CandidateEvaluator
+    from tale_opt.pipeline.candidates import CandidateEvaluator
 
     evaluate = CandidateEvaluator(
         found.user_attrs[st.CONFIG],
@@ -113,6 +113,9 @@ def spawned(
     """Entry point of a `workers=N` process (see coordination/local_workers.py)."""
     import sys
 
+    from tale_opt.credentials import install_log_masking
+
+    install_log_masking()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
     quiet_optuna()  # a spawned process starts afresh: the command line's setting is not inherited
     try:
@@ -122,3 +125,6 @@ def spawned(
             raise
         print(f"error: worker {worker_id()}: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, UsageError) else 1)
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the whole process group: the coordinator says it, once.
+        sys.exit(130)

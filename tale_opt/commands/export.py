@@ -19,7 +19,8 @@ from typing import Any
 from tale_opt.errors import UsageError
 from tale_opt.types import DropSet
 
-PICKS = ("best", "bsba", "ae_hm", "baseline")
+# Final (most layers dropped; exactly n_drop with n_drop=k) is the pick criteria are compared on.
+PICKS = ("best", "bsba", "ae_hm", "final", "baseline")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +54,11 @@ def _from_run(run_dir: Path, pick: str) -> tuple[dict[str, Any], DropSet]:
 
         model_cfg = dict(OmegaConf.to_container(OmegaConf.load(config_path).model, resolve=True))
     model_cfg.pop("name", None)
+    if pick not in summary:
+        raise UsageError(
+            f"{summary_path} has no {pick!r} pick (a run of an older version); export another "
+            f"--pick, or use --model and --drop"
+        )
     return model_cfg, DropSet.of(summary[pick]["drop_layers"])
 
 

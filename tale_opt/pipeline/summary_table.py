@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tale_opt.significance import round_sentence
+from tale_opt.pipeline.significance import round_sentence
 from tale_opt.stats import accuracy_interval, format_accuracy, format_p
 
 ROWS = (

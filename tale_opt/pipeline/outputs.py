@@ -5,10 +5,10 @@
   and a reader never sees half a row. A candidate's row is updated in place when a fuller
   result arrives: a candidate first stopped early (pruned, an upper bound) and later
   evaluated in full shows the full result; a resumed search's replay changes nothing.
-* `accepted_configs.json` and `summary.json` are replaced atomically (write a temp file,
-  then `os.replace`), so a reader never sees a half-written file. `summary.json` appears
-  only when the whole search, held-out evaluation included, has finished: its presence is
-  what marks a run directory as a complete result.
+* `accepted_configs.json`, `summary.json` and `predictions/*.jsonl` are replaced atomically
+  (write a temp file, fsync, then `os.replace`), so a reader never sees a half-written
+  file. `summary.json` appears only when the whole search, held-out evaluation included, has
+  finished: its presence is what marks a run directory as a complete result.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tale_opt.credentials import mask_values
 from tale_opt.types import Observation, Status
 
 CANDIDATE_FIELDS = (
@@ -136,19 +137,16 @@ class RunWriter:
         )
 
     def write_predictions(self, name: str, rows: Iterable[Mapping[str, Any]]) -> Path:
-        """One JSON line per example; written to a temp file and renamed when complete."""
-        self.predictions_dir.mkdir(exist_ok=True)
+        """One JSON line per example, written atomically (see `write_text_atomic`): rows that
+        fail half-way leave the previous file, and no temporary file, behind."""
         path = self.predictions_dir / f"{name}.jsonl"
-        fd, tmp = tempfile.mkstemp(dir=self.predictions_dir, prefix=f".{name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            for row in rows:
-                handle.write(json.dumps(dict(row), default=str) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(json.dumps(dict(r), default=str) + "\n" for r in rows))
         return path
 
     def write_summary(self, summary: Mapping[str, Any]) -> Path:
         path = self.directory / "summary.json"
-        write_json_atomic(path, dict(summary))
+        # It names the storage and the tracking URI: never with their passwords.
+        write_json_atomic(path, mask_values(dict(summary)))
         return path
 
     def close(self) -> None:

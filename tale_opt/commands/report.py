@@ -54,8 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> tuple[str, str]:
     """Query, write the report files, print the markdown; returns the two paths."""
-    from tale_opt.reporting.compare import write_report
-    from tale_opt.reporting.stability import write_stability_report
+    from tale_opt.reporting.files import write_comparison_report, write_stability_report
     from tale_opt.tracking.query import search_runs
     from tale_opt.tracking.settings import redact
 
@@ -86,7 +85,7 @@ def run(args: argparse.Namespace) -> tuple[str, str]:
             max_runs=None if run_ids else args.max_runs,
         )
     else:
-        md, png = write_report(records, args.out, source=redact(args.tracking_uri))
+        md, png = write_comparison_report(records, args.out, source=redact(args.tracking_uri))
     print(md.read_text())
     print(f"wrote {md} and {png}")
     return str(md), str(png)

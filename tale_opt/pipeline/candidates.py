@@ -13,8 +13,10 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from searchers.base import Searcher
+from tale_opt import validate
 from tale_opt.errors import UsageError, did_you_mean
-from tale_opt.significance import CORRECT, correct_bits
+from tale_opt.pipeline.significance import CORRECT, correct_bits
 from tale_opt.types import (
     PROBES,
     TASK_ACCURACY,
@@ -35,8 +37,12 @@ EVAL_KEYS = ("scoring", "batch_size", "max_new_tokens", "shared_prefix", "chat_t
 DEFAULT_PREFIX_CACHE_GB = 4.0
 
 
-def study_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a resolved search config that evaluating a candidate depends on (JSON)."""
+def study_config(cfg: Mapping[str, Any], searcher: Any = None) -> dict[str, Any]:
+    """The part of a resolved search config that evaluating a candidate depends on (JSON).
+
+    `searcher` is the search's built searcher, whose probe and probe text (class defaults
+    included) go into the config; without it they are read from the searcher's config node.
+    """
     model = dict(cfg["model"])
     return {
         "model": {k: model[k] for k in MODEL_KEYS if k in model},
@@ -48,7 +54,7 @@ def study_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "n_opt": cfg.get("n_opt"),
         "n_eval": cfg.get("n_eval"),
         "searcher": cfg["searcher"].get("name"),
-        **probe_config(cfg["searcher"]),
+        **(probe_config(searcher) if searcher is not None else _node_probe(cfg["searcher"])),
     }
 
 
@@ -61,30 +67,29 @@ def _eval_config(node: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def probe_config(searcher_cfg: Mapping[str, Any]) -> dict[str, Any]:
+def probe_config(searcher: Searcher) -> dict[str, Any]:
     """``probe``: the probe that ranks layers for this searcher; and, for probes that read text
     (perplexity, hidden states), ``text``: the normalized probe-text spec every worker reads.
-
-    Both come from the searcher as built from its config node (class defaults included: SLEB
-    reads LAMBADA unless told otherwise). A node the searcher refuses falls back to its raw
-    keys; `tale_opt.app.build_searcher` reports the bad option.
 
     Raises:
         UsageError: An invalid ``text`` spec.
     """
+    return _probe_entries(searcher.probe, searcher.text)
+
+
+def _node_probe(node: Mapping[str, Any]) -> dict[str, Any]:
+    """`probe_config` from a searcher's config node alone: its ``probe`` key, else the class's
+    declared probe; its ``text`` key (a class default set in the constructor is not seen)."""
     import searchers
+
+    cls = searchers.REGISTRY.get(node.get("name"))
+    probe = node.get("probe", getattr(cls, "probe", TASK_ACCURACY))
+    return _probe_entries(probe, node.get("text"))
+
+
+def _probe_entries(probe: str, text: Any) -> dict[str, Any]:
     from searchers.options import check_text
 
-    node = dict(searcher_cfg)
-    cls = searchers.REGISTRY.get(node.pop("name", None))
-    probe, text = node.get("probe", TASK_ACCURACY), node.get("text")
-    if cls is not None:
-        try:
-            built = cls(10_000, **node)  # any layer count: only its probe and text are read
-        except (TypeError, ValueError):
-            built = None
-        if built is not None:
-            probe, text = built.probe, getattr(built, "text", text)
     if probe not in TEXT_PROBES:
         return {"probe": probe}
     try:
@@ -153,17 +158,12 @@ def check_eval_options(config: Mapping[str, Any]) -> None:
         hint = did_you_mean(str(scoring), SCORING_MODES)
         raise UsageError(f"unknown scoring mode {scoring!r}.{hint}")
     for key in ("batch_size", "max_new_tokens"):
-        value = eval_cfg.get(key, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"`{key} >= 1` must hold, but got {key}={value!r}")
+        validate.integer(eval_cfg.get(key, 1), f"eval.{key}", minimum=1)
     for key in ("shared_prefix", "chat_template"):
-        if not isinstance(eval_cfg.get(key, True), bool):
-            raise UsageError(f"`eval.{key}` must be true or false, but got {eval_cfg[key]!r}")
-    budget = config.get("prefix_cache_gb", DEFAULT_PREFIX_CACHE_GB)
-    if isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0:
-        raise UsageError(
-            f"`eval.prefix_cache_gb >= 0` must hold (0 disables prefix reuse), but got {budget!r}"
-        )
+        validate.boolean(eval_cfg.get(key, True), f"eval.{key}")
+    validate.number(
+        config.get("prefix_cache_gb", DEFAULT_PREFIX_CACHE_GB), "eval.prefix_cache_gb", minimum=0
+    )
 
 
 def early_stop_option(cfg: Mapping[str, Any]) -> bool:
@@ -174,10 +174,7 @@ def early_stop_option(cfg: Mapping[str, Any]) -> bool:
     Raises:
         UsageError: Not a boolean.
     """
-    value = dict(cfg.get("eval") or {}).get("early_stop", True)
-    if not isinstance(value, bool):
-        raise UsageError(f"`eval.early_stop` must be true or false, but got {value!r}")
-    return value
+    return validate.boolean(dict(cfg.get("eval") or {}).get("early_stop", True), "eval.early_stop")
 
 
 def build_evaluator(config: Mapping[str, Any], model: Any, tokenizer: Any, task: Any) -> Any:
@@ -250,7 +247,7 @@ class CandidateEvaluator:
         log.info("loading model %s", spec.path)
         self.model, self.tokenizer = load_model(spec)
         self.evaluator = build_evaluator(config, self.model, self.tokenizer, task)
-        self.prepared = self.evaluator.prepare(splits.optimization)
+        self.prepared = self.evaluator.prepare(splits.optimization, split="optimization")
         # Across the trials of a round, candidates start from the round base's hidden states.
         self.reuse = PrefixReuse(
             self.evaluator,
@@ -298,6 +295,7 @@ class CandidateEvaluator:
             runner = self._probe_runner = ProbeRunner(
                 self.model, self.tokenizer, text, task=self.task,
                 examples=self.splits.optimization, batch_size=self.evaluator.batch_size,
+                chat_template=self.evaluator.chat_template,
             )  # fmt: skip
         return runner(candidate)
 
@@ -322,6 +320,15 @@ class CandidateEvaluator:
         status = Status.COMPLETE if res.complete else Status.PRUNED  # pruned: an upper bound
         return Observation(candidate, res.accuracy, metrics, extras, status)
 
+    def release_caches(self) -> None:
+        """Free what only the search needs (the round base's cached hidden states, the probe
+        text) once it is over: the same model then measures latency and scores the held-out
+        split, and on a GPU those states can take more memory than the weights."""
+        held = self.reuse.release()
+        self._probe_runner = None
+        if held:
+            log.info("search done: released %.3f GiB of cached hidden states", held / 2**30)
+
     def tflops(self, drop: DropSet) -> float:
         """Analytic TFLOPs of scoring the optimization split without the layers in `drop`.
 
@@ -337,14 +344,5 @@ class CandidateEvaluator:
 
 
 def prediction_rows(res: Any) -> list[dict[str, Any]]:
-    """One JSON-friendly row per example of an `EvalResult`."""
-    return [
-        {
-            "id": p.example_id,
-            "prediction": p.prediction,
-            "gold": p.gold,
-            "correct": p.correct,
-            "output": p.text,
-        }
-        for p in res.predictions
-    ]
+    """One JSON-friendly row per example of an `EvalResult` (see `Prediction.record`)."""
+    return [p.record(res.scoring) for p in res.predictions]

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tale_opt.credentials import mask, mask_values
 from tale_opt.tracking import (
     NullTracker,
     Tracker,
@@ -52,7 +53,8 @@ class SearchTracking:
         if settings.kind == "none":
             return cls(NullTracker())
         tracker = build_tracker(settings, base_dir=launch_dir)
-        params = {k: v for k, v in cfg.items() if k not in _NOT_PARAMS}
+        # The resolved config, passwords masked (storage.url, tracking.uri, MLFLOW_TRACKING_URI).
+        params = mask_values({k: v for k, v in cfg.items() if k not in _NOT_PARAMS})
         parent = tracker.start_search(
             params,
             search_tags(params),
@@ -63,8 +65,9 @@ class SearchTracking:
 
     @property
     def uri(self) -> str | None:
+        """The tracking URI, password masked (it goes into summary.json)."""
         settings = getattr(self.tracker, "settings", None)
-        return None if self.parent_run_id is None or settings is None else settings.uri
+        return None if self.parent_run_id is None or settings is None else mask(settings.uri)
 
     def log_configuration(self, obs: Observation) -> None:
         """One child run for an evaluated configuration (score, accuracy, TFLOPs, ...)."""

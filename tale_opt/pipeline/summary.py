@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from searchers.selection import layer_count_speedup, pick_ae_hm
-from tale_opt.outputs import RunWriter, observation_record
-from tale_opt.search_setup import prediction_rows
-from tale_opt.significance import (
+from tale_opt.pipeline.candidates import prediction_rows
+from tale_opt.pipeline.outputs import RunWriter, observation_record
+from tale_opt.pipeline.significance import (
     chance_level,
     heldout_record,
     heldout_warnings,
@@ -133,7 +133,7 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
         "model_path": cfg["model"].get("path"),
         "task": task.name,
         "searcher": cfg["searcher"].get("name"),
-        "probe": getattr(plan.searcher, "probe", "task_accuracy"),  # what ranks the layers
+        "probe": plan.searcher.probe,  # what ranks the layers
         # What every `score` below is (one-shot searchers rank by a probe, then score accuracy).
         "score_probe": result.baseline.candidate.probe,
         "scoring": scoring,

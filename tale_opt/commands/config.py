@@ -1,0 +1,226 @@
+"""Hydra's config repository as the commands see it: the shipped `tale_opt/conf/` plus the
+user's own config directories, and one-line errors for what composing it refuses.
+
+A user adds configs the Hydra way -- ``--config-dir=DIR`` or ``hydra.searchpath=[file://DIR]``
+-- and `task=my_task` then names ``DIR/task/my_task.yaml``. The checks here ask Hydra's own
+repository, with that search path, which options a group has and whether the config composes,
+so they accept exactly what the search itself will load.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tale_opt.commands.schema import register_schemas
+from tale_opt.errors import UsageError, did_you_mean
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("model", "task", "searcher", "eval", "storage", "tracking", "experiment")
+SEARCHPATH_KEY = "hydra.searchpath"
+HINT = "run `python -m tale_opt --cfg job` to see the keys you can set"
+
+
+@dataclass
+class ConfigSource:
+    """Which primary config to compose and where else Hydra looks for configs.
+
+    Attributes:
+        config_name: The primary config (``config``; ``--config-name`` changes it).
+        search_path: Extra config directories after the shipped one: ``--config-dir`` first,
+            then the entries of ``hydra.searchpath`` (``file://DIR`` or ``pkg://module``).
+        hint: Where to look up the keys; ends error lines.
+    """
+
+    config_name: str = "config"
+    search_path: list[str] = field(default_factory=list)
+    hint: str = HINT  # where to look up the keys, at the end of an error line
+
+    def overrides(self) -> list[str]:
+        """The ``hydra.searchpath=[...]`` override that gives Hydra this search path."""
+        if not self.search_path:
+            return []
+        quoted = ",".join("'" + entry.replace("'", "\\'") + "'" for entry in self.search_path)
+        return [f"{SEARCHPATH_KEY}=[{quoted}]"]
+
+
+def source_from(overrides: Sequence[str], config_dir: str | None = None,
+                config_name: str | None = None) -> ConfigSource:  # fmt: skip
+    """The `ConfigSource` of a command line (its overrides and Hydra's two config flags).
+
+    Raises:
+        UsageError: A ``--config-dir`` that is not a directory, or a malformed searchpath.
+    """
+    entries: list[str] = []
+    if config_dir is not None:
+        path = Path(config_dir).expanduser().resolve()
+        if not path.is_dir():
+            raise UsageError(
+                f"--config-dir {config_dir!r} is not a directory; give the folder that holds "
+                "your config groups (e.g. DIR with DIR/task/my_task.yaml)"
+            )
+        entries.append(f"file://{path}")
+    for arg in overrides:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == SEARCHPATH_KEY:
+            entries.extend(_searchpath_entries(value))
+    return ConfigSource(config_name or "config", entries)
+
+
+def _searchpath_entries(value: str) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([f"{SEARCHPATH_KEY}={value}"])[0]
+        entries = parsed.value()
+    except Exception as err:  # Hydra's parser raises its own types for bad syntax
+        raise UsageError(
+            f"{SEARCHPATH_KEY}={value} is not a list; e.g. {SEARCHPATH_KEY}=[file:///my/conf]"
+        ) from err
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise UsageError(
+            f"{SEARCHPATH_KEY} must be a list of paths, but got {value!r}; "
+            f"e.g. {SEARCHPATH_KEY}=[file:///my/conf]"
+        )
+    return entries
+
+
+@contextmanager
+def repository(source: ConfigSource) -> Iterator[Any]:
+    """Hydra's config loader over the shipped configs and `source`'s search path."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="tale_opt"):
+        yield GlobalHydra.instance().config_loader()
+
+
+def group_options(loader: Any, source: ConfigSource, group: str) -> list[str]:
+    """The options of `group` in every directory of the search path."""
+    options = loader.get_group_options(
+        group, config_name=source.config_name, overrides=source.overrides()
+    )
+    return sorted(o for o in options if not o.startswith("_"))
+
+
+def check_group_choices(overrides: Sequence[str], source: ConfigSource | None = None) -> None:
+    """Reject unknown group options (also inside multirun comma lists) with a suggestion."""
+    source = source or ConfigSource()
+    chosen = [_group_choice(arg) for arg in overrides]
+    chosen = [c for c in chosen if c is not None]
+    if not chosen:
+        return
+    with repository(source) as loader:
+        for group, choices in chosen:
+            available = group_options(loader, source, group)
+            for choice in choices:
+                if choice not in available:
+                    raise UsageError(
+                        f"unknown {group} '{choice}'.{did_you_mean(choice, available)}"
+                    )
+
+
+def _group_choice(arg: str) -> tuple[str, list[str]] | None:
+    if arg.startswith("-") or "=" not in arg:
+        return None
+    key, _, value = arg.lstrip("+").partition("=")
+    if key not in GROUPS or value in ("", "null"):
+        return None
+    return key, [c.strip() for c in value.split(",") if c.strip()]
+
+
+def compose(overrides: Sequence[str], source: ConfigSource | None = None) -> Any:
+    """The composed config (a DictConfig), as the search will see it.
+
+    ``hydra.*`` overrides other than the search path are left out: they set where and how a
+    job runs (output directories, launchers), which composing the config does not need.
+
+    Raises:
+        UsageError: One line naming what Hydra refused (unknown option or key, wrong type).
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    source = source or ConfigSource()
+    plain = [a for a in overrides if not a.lstrip("+~").startswith("hydra.")]
+    try:
+        return _compose(plain, source)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UsageError(explain(err, plain, source)) from err
+
+
+def _compose(overrides: Sequence[str], source: ConfigSource) -> Any:
+    from hydra import compose as hydra_compose
+
+    with repository(source):
+        return hydra_compose(source.config_name, overrides=[*overrides, *source.overrides()])
+
+
+def explain(err: BaseException, overrides: Sequence[str], source: ConfigSource) -> str:
+    """One line for a composition error: the key, the value and what was expected."""
+    cause = err.__cause__ if err.__cause__ is not None else err
+    text = str(err).strip()
+    unknown = re.match(r"Could not override '([^']+)'", text)
+    if unknown and "No match in the defaults list" not in text:
+        key = unknown.group(1)
+        return f"unknown config key '{key}'.{_key_hint(key, overrides, source)}"
+    full_key = getattr(cause, "full_key", None)
+    reason = str(cause).strip().splitlines()[0] if str(cause).strip() else text
+    if full_key and reason:
+        reason = _plain_reason(reason)
+        where = f"`{full_key}`" if reason.startswith("must ") else f"{full_key}:"
+        return f"{where} {reason} -- {source.hint}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{' '.join(lines[:2])} -- {source.hint}"
+
+
+def _plain_reason(reason: str) -> str:
+    """OmegaConf's type errors in the project's words (the value and the expected type)."""
+    converted = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", reason)
+    if converted:
+        expected = {"Integer": "an integer", "Float": "a number", "String": "a string"}
+        kind = expected.get(converted.group(2), converted.group(2))
+        return f"must be {kind}, but got {converted.group(1)!r}"
+    boolean = re.match(r"Value '(.*)' is not a valid bool", reason)
+    if boolean:
+        return f"must be true or false, but got {boolean.group(1)!r}"
+    return reason
+
+
+def _key_hint(key: str, overrides: Sequence[str], source: ConfigSource) -> str:
+    """ " Did you mean 'x'? Available: ..." for an unknown key, from the keys the config has
+    with the same group choices; a bare leaf name also matches a nested key
+    (``epsilon`` -> ``searcher.epsilon``)."""
+    from omegaconf import OmegaConf
+
+    groups = [a for a in overrides if _group_choice(a) is not None and "," not in a]
+    try:
+        cfg = _compose(groups, source)
+    except Exception:  # no hint is better than a second error
+        return ""
+    keys = list(_key_paths(OmegaConf.to_container(cfg, resolve=False)))
+    parent, _, leaf = key.rpartition(".")
+    siblings = [k for k in keys if k.rpartition(".")[0] == parent]
+    nested = [k for k in keys if k.rpartition(".")[2] == leaf and k != key]
+    if nested and not any(k.rpartition(".")[2] == leaf for k in siblings):
+        return f" Did you mean '{nested[0]}'?"
+    prefix = f"{parent}." if parent else ""
+    names = [k.rpartition(".")[2] for k in siblings]
+    hint = did_you_mean(leaf, names) if names else ""
+    if prefix:
+        hint = hint.replace(" Did you mean '", f" Did you mean '{prefix}")
+    return hint + f" (a new key needs a leading +: +{key}=...)"
+
+
+def _key_paths(node: Any, prefix: str = "") -> Iterator[str]:
+    if not isinstance(node, Mapping):
+        return
+    for name, value in node.items():
+        path = f"{prefix}{name}"
+        yield path
+        yield from _key_paths(value, f"{path}.")

@@ -1,0 +1,49 @@
+"""`python -m tale_opt worker storage=postgres study=NAME [idle_timeout=600 device=cuda:1]`:
+join a running search and evaluate its candidates.
+
+Composes conf/worker.yaml (the storage group and a few keys); everything else -- model, task,
+splits, evaluation options -- is read from the study.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from tale_opt.commands import fail, is_debug
+from tale_opt.commands.config import ConfigSource, check_group_choices, compose
+from tale_opt.errors import SearchFailed, UsageError
+
+WORKER_KEYS = "keys: storage=..., study, idle_timeout, device, model_path, threads"
+
+
+def main(argv: Sequence[str]) -> None:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    debug = is_debug(argv)
+    try:
+        source = ConfigSource(config_name="worker", hint=WORKER_KEYS)
+        check_group_choices(argv, source)
+        cfg = compose(list(argv), source)
+        try:
+            container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as err:
+            raise UsageError(
+                "the worker needs the study to join: study=NAME (the coordinator prints it)"
+            ) from err
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+        from tale_opt.coordination.console import quiet_optuna
+        from tale_opt.pipeline import worker
+
+        quiet_optuna()
+        worker.run(
+            container["storage"],
+            str(container["study"]),
+            idle_timeout=container.get("idle_timeout"),
+            device=container.get("device"),
+            model_path=container.get("model_path"),
+            threads=container.get("threads"),
+        )
+    except (UsageError, SearchFailed) as err:
+        fail(err, debug)

@@ -1,0 +1,1 @@
+"""The run of one search: plan, candidates, held-out evaluation, summary, outputs, tracking."""
