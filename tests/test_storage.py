@@ -196,3 +196,27 @@ def test_processes_that_open_a_new_storage_at_the_same_moment_all_get_it(tmp_pat
         assert not errors, errors[0]
         study = st.open_study(open_storage(cfg), "s", {"x": 1}, {})
         assert study.get_trials() == []
+
+
+def test_a_trial_recorded_by_an_earlier_version_reads_the_same():
+    # Earlier versions stored the drop set, probe and round apart from the candidate key, and
+    # the score and status inside the result too: a resumed study still counts such trials.
+    study = st.open_study(optuna.storages.InMemoryStorage(), "old", {"x": 1}, {})
+    result = {"score": 0.5, "status": "pruned", "metrics": {"n_seen": 4}, "extras": {}}
+    attrs = {
+        "tale_opt.candidate": "task_accuracy:2,5",
+        "tale_opt.drop": "2,5",
+        "tale_opt.probe": "task_accuracy",
+        "tale_opt.round": 2,
+        st.RESULT: result,
+    }
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.PRUNED, value=0.5, user_attrs=attrs
+        )
+    )
+    (trial,) = study.get_trials()
+    obs = st.observation_of(trial)
+    assert obs == Observation(
+        Candidate(DropSet((2, 5))), 0.5, {"n_seen": 4}, {}, status=Status.PRUNED
+    )

@@ -1,8 +1,8 @@
 """What Optuna prints during a search, set by the command line at startup.
 
 Never at import time: a program or test that imports tale_opt keeps Optuna's log level and
-Python's warning filters as it set them. The `python -m tale_opt` entry point (and each
-worker process it spawns) calls `quiet_optuna` once, first thing.
+Python's warning filters as it set them. The `python -m tale_opt` search and worker commands
+(and each worker process a search spawns) call `quiet_optuna` once, before any trial runs.
 """
 
 from __future__ import annotations
