@@ -187,7 +187,7 @@ def test_a_slow_worker_whose_trial_was_declared_stale_discards_its_result(tmp_pa
     wait_for(lambda: study.get_trials(states=(running,)), 1800, "the trial to start")
     (trial,) = study.get_trials(states=(running,))
     # What fail_stale_trials does to a worker that did not beat in time (e.g. a long GC pause).
-    study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     worker.join(10)
     assert outcome == [False] and stats.superseded == 1 and stats.evaluated == 0
     assert st.observation_of(study.get_trials()[0]) is None
@@ -236,7 +236,7 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_result_is_unchanged(
     assert set(counts.values()) == {1} and counts[""] == 1  # the baseline was re-run once
     assert set(complete_keys(study).values()) == {1}
     killed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
-    assert len(killed) == 1 and killed[0].user_attrs[st.DROP] == ""
+    assert len(killed) == 1 and st.candidate_of(killed[0]).drop.key == ""
 
 
 @pytest.mark.slow

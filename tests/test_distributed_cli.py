@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tale_opt.coordination import study as st
 from tests.test_cli import MLFLOW_URI, ROOT, assert_usage_error, run_cli
 
 pytestmark = pytest.mark.slow
@@ -60,8 +61,8 @@ def study_trials(storage: Path, name: str) -> list:
 
 
 def candidate_keys(trials: list) -> list[str]:
-    done = [t for t in trials if "tale_opt.result" in t.user_attrs]
-    return sorted(t.user_attrs["tale_opt.drop"] for t in done)
+    done = [t for t in trials if st.RESULT in t.user_attrs]
+    return sorted(st.candidate_of(t).drop.key for t in done)
 
 
 @pytest.fixture(scope="module")

@@ -234,7 +234,7 @@ def test_a_pruned_trial_round_trips_through_sqlite(tmp_path):
     stats = WorkerStats()
     while waiting_candidates(study):  # the worker claims them oldest first
         run_one(study, evaluate, stats)
-    trials = {t.user_attrs[st.DROP]: t for t in study.get_trials()}
+    trials = {st.candidate_of(t).drop.key: t for t in study.get_trials()}
     assert [trials[k].state for k in ("", "1")] == [TrialState.COMPLETE] * 2
     assert [trials[k].state for k in ("0", "2", "3")] == [TrialState.PRUNED] * 3
     assert stats.evaluated == 5 and stats.pruned == 3
@@ -276,7 +276,7 @@ def test_a_bound_that_proves_nothing_in_this_search_is_evaluated_in_full(tmp_pat
     searcher = GreedyElimination(4, epsilon=1.0, max_drop=1, protected=(1,))
     result = run_coordinator(study, searcher, evaluate=evaluate, early_stop=True,
                              poll_interval=0.01)  # fmt: skip
-    redone = [t for t in study.get_trials() if t.user_attrs[st.DROP] == "2"]
+    redone = [t for t in study.get_trials() if st.candidate_of(t).drop.key == "2"]
     assert [t.state for t in redone] == [TrialState.PRUNED, TrialState.COMPLETE]
     assert not st.is_prunable(redone[1])
     by_key = {o.drop.key: o for o in result.observations}
@@ -322,7 +322,7 @@ def test_spawned_workers_prune_exactly(tmp_path):
     assert ours == theirs
     trials = study.get_trials()
     assert any(t.state == TrialState.PRUNED for t in trials)
-    keys = [t.user_attrs[st.DROP] for t in trials if st.observation_of(t) is not None]
+    keys = [st.candidate_of(t).key for t in trials if st.observation_of(t) is not None]
     assert len(keys) == len(set(keys)) == len(result.observations)  # each candidate once
 
 

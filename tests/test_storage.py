@@ -127,7 +127,16 @@ def test_observation_round_trips_through_a_trial(tmp_path):
     assert run_one(study, evaluate)
     (trial,) = study.get_trials()
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.625
-    assert trial.user_attrs[st.DROP] == "2,5" and trial.user_attrs[st.ROUND] == 2
+    assert st.candidate_of(trial) == candidate
+    # The candidate key is the one place the drop set and probe are stored; the round
+    # (number of dropped layers) is derived from it, and the score is the trial's value.
+    assert {k for k in trial.user_attrs if k.startswith("tale_opt.")} == {
+        st.MARKER,
+        st.WORKER,
+        st.RESULT,
+    }
+    assert trial.user_attrs[st.MARKER] == "task_accuracy:2,5"
+    assert "score" not in trial.user_attrs[st.RESULT]
     obs = st.observation_of(trial)
     assert obs == Observation(candidate, 0.625, {"accuracy": 0.625}, {"note": "x"})
     assert obs.status is Status.COMPLETE
@@ -160,3 +169,54 @@ def test_a_failing_evaluation_records_its_error_and_raises(tmp_path):
     (trial,) = study.get_trials()
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs[st.ERROR] == "RuntimeError: CUDA out of memory"
+
+
+def test_processes_that_open_a_new_storage_at_the_same_moment_all_get_it(tmp_path):
+    # A worker started before its coordinator, or two coordinators started together, write
+    # the same tables and schema version row: the losers of that race look again.
+    import threading
+
+    for attempt in range(5):
+        cfg = StorageConfig.from_mapping(sqlite_cfg(tmp_path / str(attempt)))
+        errors: list[Exception] = []
+        barrier = threading.Barrier(6)
+
+        def open_it(cfg=cfg, errors=errors, barrier=barrier):
+            barrier.wait()
+            try:
+                open_storage(cfg)
+            except Exception as err:  # collected for the assertion
+                errors.append(err)
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors[0]
+        study = st.open_study(open_storage(cfg), "s", {"x": 1}, {})
+        assert study.get_trials() == []
+
+
+def test_a_trial_recorded_by_an_earlier_version_reads_the_same():
+    # Earlier versions stored the drop set, probe and round apart from the candidate key, and
+    # the score and status inside the result too: a resumed study still counts such trials.
+    study = st.open_study(optuna.storages.InMemoryStorage(), "old", {"x": 1}, {})
+    result = {"score": 0.5, "status": "pruned", "metrics": {"n_seen": 4}, "extras": {}}
+    attrs = {
+        "tale_opt.candidate": "task_accuracy:2,5",
+        "tale_opt.drop": "2,5",
+        "tale_opt.probe": "task_accuracy",
+        "tale_opt.round": 2,
+        st.RESULT: result,
+    }
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.PRUNED, value=0.5, user_attrs=attrs
+        )
+    )
+    (trial,) = study.get_trials()
+    obs = st.observation_of(trial)
+    assert obs == Observation(
+        Candidate(DropSet((2, 5))), 0.5, {"n_seen": 4}, {}, status=Status.PRUNED
+    )

@@ -116,8 +116,10 @@ def _search(cfg: Any) -> None:  # the Hydra task function
     mask_hydra_files(hydra_cfg)
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
+        from tale_opt.coordination.console import quiet_optuna
         from tale_opt.pipeline import run
 
+        quiet_optuna()
         run.run(container, out_dir, launch_dir=get_original_cwd())
     except BaseException as err:
         if not debug:  # a run that did no work leaves no directory behind; the error says why

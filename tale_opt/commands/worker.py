@@ -33,8 +33,10 @@ def main(argv: Sequence[str]) -> None:
                 "the worker needs the study to join: study=NAME (the coordinator prints it)"
             ) from err
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+        from tale_opt.coordination.console import quiet_optuna
         from tale_opt.pipeline import worker
 
+        quiet_optuna()
         worker.run(
             container["storage"],
             str(container["study"]),

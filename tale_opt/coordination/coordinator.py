@@ -2,14 +2,17 @@
 
 One cycle, repeated until the searcher is done:
 
-1. read the study's trials; replay the finished, marked ones into the searcher, in the order
-   it proposes them (so only what this search would have asked for is counted, and a study
-   shared by an epsilon sweep never leaks another run's candidates into this result);
+1. read the study's trials, once per cycle (everything below works from that read); replay
+   the finished, marked ones into the searcher, in the order it proposes them (so only what
+   this search would have asked for is counted, and a study shared by an epsilon sweep never
+   leaks another run's candidates into this result);
 2. enqueue every proposed candidate that has no trial yet (in any state: retried copies of
    a lost trial share its key and count once), in the order the searcher proposes them
    (workers claim the oldest waiting trial first, so likely winners run first);
 3. evaluate one trial in this process (`workers=0`), or wait for other workers, calling
    `fail_stale_trials` so trials of dead workers are re-queued.
+
+Trials are told apart by their number (unique within a study), never by a storage's id.
 
 All state lives in the storage, so a killed coordinator restarted with the same command
 rebuilds the searcher from the completed trials and re-evaluates nothing.
@@ -27,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -39,7 +42,6 @@ from tale_opt.coordination.worker import (
     quiet_trial_failures,
     run_one,
     storage_errors_as_search_failed,
-    waiting_candidates,
     worker_id,
 )
 from tale_opt.errors import SearchFailed
@@ -103,30 +105,34 @@ def _coordinate(
 ) -> SearchResult:
     st.set_finished(study, False)
     trials = study.get_trials(deepcopy=False)
-    earlier_failures = {t._trial_id for t in trials if t.state == TrialState.FAIL}
+    earlier_failures = {t.number for t in trials if t.state == TrialState.FAIL}
     done_before = sum(1 for t in trials if st.observation_of(t) is not None)
     if done_before:
         log.info("resuming study %s: %d evaluated already", study.study_name, done_before)
     restarted: set[str] = set()
     lost_since: dict[str, float] = {}
     unstarted_since: dict[int, float] = {}
-    fed: set[int] = set()  # trials whose observation the searcher has been given
+    fed: set[int] = set()  # numbers of the trials whose observation the searcher has been given
+    retry_stale = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     while True:
-        groups = _by_candidate(study.get_trials(deepcopy=False))
-        _fail_unstarted(study, groups, unstarted_since, lost_after)
+        trials = study.get_trials(deepcopy=False)
+        groups = _by_candidate(trials)
+        _fail_unstarted(study, groups, unstarted_since, lost_after, retry_stale)
         for obs, trial in _replay(searcher, groups, fed):
             on_observation(obs, trial)
         if searcher.done:
             break
         proposed = searcher.propose()
         base = st.round_base(proposed)
+        waiting = any(t.state == TrialState.WAITING for group in groups.values() for t in group)
         for candidate in proposed:
             attempts = groups.get(candidate.key, [])
             if not attempts:
                 st.enqueue(study, candidate, prunable=prunable, base=base)
+                waiting = True
             elif any(t.state in _LIVE for t in attempts):
                 pass
-            elif any(t._trial_id in fed for t in attempts) and not any(
+            elif any(t.number in fed for t in attempts) and not any(
                 t.state == TrialState.FAIL for t in attempts
             ):
                 # Seen, yet proposed again: the searcher found the pruned bound unproven.
@@ -134,11 +140,16 @@ def _coordinate(
                 log.info("evaluating %s in full: its early-stop bound does not hold here",
                          candidate.drop)  # fmt: skip
                 st.enqueue(study, candidate)
+                waiting = True
             else:
-                _recover(study, candidate, attempts, earlier_failures, restarted, lost_since,
-                         lost_after=lost_after, max_retry=max_retry)  # fmt: skip
-        if evaluate is not None and waiting_candidates(study):
-            _evaluate_here(study, evaluate)
+                waiting |= _recover(
+                    study, candidate, attempts, earlier_failures, restarted, lost_since,
+                    lost_after=lost_after, max_retry=max_retry,
+                )  # fmt: skip
+        if evaluate is not None and waiting:
+            # Early termination's first rival comes from this cycle's read; a trial that
+            # finished since (another worker's) only makes the rival stronger on its refresh.
+            _evaluate_here(study, evaluate, trials)
             continue
         check_workers()
         optuna.storages.fail_stale_trials(study)
@@ -147,7 +158,7 @@ def _coordinate(
     return searcher.result()
 
 
-def _evaluate_here(study: optuna.Study, evaluate: Evaluate) -> None:
+def _evaluate_here(study: optuna.Study, evaluate: Evaluate, trials: Sequence[FrozenTrial]) -> None:
     """Evaluate one waiting trial in this process (`workers=0`).
 
     An evaluation that raises ends the search with the same one line as a worker's failure
@@ -155,7 +166,7 @@ def _evaluate_here(study: optuna.Study, evaluate: Evaluate) -> None:
     """
     try:
         with quiet_trial_failures():
-            run_one(study, evaluate)
+            run_one(study, evaluate, trials=trials)
     except Exception as err:
         mine = [
             t
@@ -190,6 +201,7 @@ def _fail_unstarted(
     groups: dict[str, list[FrozenTrial]],
     unstarted_since: dict[int, float],
     lost_after: float,
+    retry_stale: Callable[[optuna.Study, FrozenTrial], None],
 ) -> None:
     """Fail and re-queue trials claimed by a worker that died before its first heartbeat.
 
@@ -197,31 +209,32 @@ def _fail_unstarted(
     claiming a trial and its first beat (milliseconds) leaves one with none: RUNNING forever.
     A worker records `worker` on the trial as it starts evaluating, so a RUNNING trial seen
     without it for `lost_after` seconds (by this process's own clock) has lost its worker.
+    It is failed and re-queued the way `fail_stale_trials` handles a trial whose beats stopped.
     """
     running = {
-        t._trial_id: t
+        t.number: t
         for attempts in groups.values()
         for t in attempts
         if t.state == TrialState.RUNNING and st.WORKER not in t.user_attrs
     }
     now = time.monotonic()
-    for trial_id in list(unstarted_since):
-        if trial_id not in running:
-            del unstarted_since[trial_id]
-    for trial_id, trial in running.items():
-        if now - unstarted_since.setdefault(trial_id, now) <= lost_after:
+    for number in list(unstarted_since):
+        if number not in running:
+            del unstarted_since[number]
+    for number in running:
+        if now - unstarted_since.setdefault(number, now) <= lost_after:
             continue
-        del unstarted_since[trial_id]
-        storage = study._storage
+        del unstarted_since[number]
         try:
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                continue
+            failed = study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # finished between the check inside `tell` and its write
+        # Skipped when it had finished meanwhile: its worker came to life after all (and then
+        # it carries `worker`), or it failed with an error of its own.
+        if failed.state != TrialState.FAIL or {st.WORKER, st.ERROR} & set(failed.user_attrs):
             continue
-        log.warning("trial %d was claimed but never started; re-queueing it", trial.number)
-        retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
-        if retry is not None:
-            retry(study, storage.get_trial(trial_id))
+        log.warning("trial %d was claimed but never started; re-queueing it", number)
+        retry_stale(study, failed)
 
 
 def _replay(
@@ -234,12 +247,12 @@ def _replay(
         ready = []
         for candidate in searcher.propose():
             found = _finished(groups.get(candidate.key, []))
-            if found is not None and found[1]._trial_id not in fed:
+            if found is not None and found[1].number not in fed:
                 ready.append(found)
         if not ready:
             break
         searcher.observe(obs for obs, _ in ready)
-        fed.update(trial._trial_id for _, trial in ready)
+        fed.update(trial.number for _, trial in ready)
         counted.extend(ready)
     return counted
 
@@ -268,16 +281,18 @@ def _recover(
     *,
     lost_after: float,
     max_retry: int | None,
-) -> None:
-    """A proposed candidate whose every trial failed: re-queue it, or give up with a reason."""
-    failed_now = [t for t in attempts if t._trial_id not in earlier_failures]
+) -> bool:
+    """A proposed candidate whose every trial failed: re-queue it (True), wait for a retry
+    someone else queues, or give up with a reason."""
+    failed_now = [t for t in attempts if t.number not in earlier_failures]
     if not failed_now:
         # Failures of an earlier coordinator's run (a crash, a fixed bug): one fresh try.
         if candidate.key not in restarted:
             restarted.add(candidate.key)
             log.info("re-queueing %s, which failed before this run started", candidate.drop)
             st.enqueue(study, candidate)
-        return
+            return True
+        return False
     errors = [t for t in failed_now if st.ERROR in t.user_attrs]
     if errors:
         raise _evaluation_failed(candidate, errors[-1])
@@ -294,3 +309,5 @@ def _recover(
         del lost_since[candidate.key]
         log.warning("re-queueing lost candidate %s", candidate.drop)
         st.enqueue(study, candidate)
+        return True
+    return False

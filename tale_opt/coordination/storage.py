@@ -10,7 +10,11 @@ Three kinds (conf/storage/):
   from ``storage.url`` or the environment variable ``TALE_OPT_STORAGE_URL``.
 * ``journal``: Optuna's append-only log file, for a shared filesystem (NFS) where SQLite's
   locking is unreliable. Claims are atomic by log order. Optuna's `JournalStorage` has no
-  heartbeats, so `HeartbeatJournalStorage` adds them (see journal.py).
+  heartbeats, so `HeartbeatJournalStorage` adds them (see optuna_adapter.py).
+
+SQLite and PostgreSQL storages are `ReconnectingRDBStorage`s: an operation whose database
+connection drops mid-transaction is retried on a new one (a few times, with backoff; see
+reconnect.py), so a restarted or failed-over server does not end a long search.
 
 Every kind gets heartbeats and `RetryHeartbeatStaleTrialCallback`: a trial whose worker stops
 beating for `grace_period` seconds is failed and re-enqueued (same user attrs) by whoever calls
@@ -20,26 +24,27 @@ beating for `grace_period` seconds is failed and re-enqueued (same user attrs) b
 from __future__ import annotations
 
 import os
+import random
 import re
-import warnings
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import ExperimentalWarning, StorageInternalError
+from optuna.exceptions import StorageInternalError
 from sqlalchemy import event
-from sqlalchemy.exc import DatabaseError, ProgrammingError
+from sqlalchemy.exc import DatabaseError, IntegrityError, ProgrammingError
 
 from tale_opt import validate
+from tale_opt.coordination.optuna_adapter import HeartbeatJournalStorage, ReconnectingRDBStorage
+from tale_opt.coordination.reconnect import Reconnect
 from tale_opt.credentials import mask
 from tale_opt.errors import UsageError, did_you_mean
 
-# Heartbeats and stale-trial retry are "experimental" in Optuna 5 and warn on every use.
-warnings.filterwarnings("ignore", category=ExperimentalWarning)
-
 URL_ENV = "TALE_OPT_STORAGE_URL"
+_SCHEMA_RACES = 5  # looks at a schema that another process is creating at the same moment
 KINDS = ("sqlite", "postgres", "journal")
 _KEYS = {
     "kind", "path", "url", "heartbeat_interval", "grace_period", "max_retry",
@@ -167,8 +172,6 @@ def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storag
             )
         path.parent.mkdir(parents=True, exist_ok=True)
     if config.kind == "journal":
-        from tale_opt.coordination.journal import HeartbeatJournalStorage
-
         return HeartbeatJournalStorage(str(config.path), **liveness)
     if config.kind == "sqlite":
         url = f"sqlite:///{config.path}"
@@ -179,11 +182,35 @@ def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storag
         url = re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", config.url)
         engine_kwargs = {
             "connect_args": {"connect_timeout": config.connect_timeout},
-            "pool_pre_ping": True,  # survive server restarts during a long search
+            # Replace pooled connections that died while idle; ReconnectingRDBStorage retries
+            # operations whose connection dies while in use.
+            "pool_pre_ping": True,
         }
+    reconnect = Reconnect()
+
+    def build() -> ReconnectingRDBStorage:
+        for attempt in range(1, _SCHEMA_RACES + 1):
+            try:
+                return ReconnectingRDBStorage(
+                    url, engine_kwargs=engine_kwargs, skip_table_creation=not create,
+                    reconnect=reconnect, **liveness,
+                )  # fmt: skip
+            except DatabaseError as err:
+                # Another process (a worker that started first, or a second coordinator) was
+                # creating the tables or writing the schema's version row at the same moment;
+                # a second look finds them complete.
+                raced = isinstance(err, IntegrityError) or "already exists" in str(err)
+                if not raced or attempt == _SCHEMA_RACES:
+                    raise
+                time.sleep(random.uniform(0.05, 0.25) * attempt)  # apart from the others
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     try:
-        storage = optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, skip_table_creation=not create, **liveness
+        # Opening checks the schema in transactions of its own: a drop then is retried too.
+        storage = reconnect.call(
+            build,
+            reset=lambda: None,  # each attempt builds its own engine
+            what="opening the storage",
         )
     except (DatabaseError, StorageInternalError) as err:
         # Optuna wraps errors inside its sessions; the driver's message is on the cause.

@@ -5,17 +5,25 @@ revision, dtype, task and prompt version, splits, scoring, searcher and probe, s
 that only change when the search stops (epsilon, max_drop) are left out on purpose, so an
 epsilon sweep or a raised cap reuses the evaluations already made instead of repeating them.
 
-Trial user attributes (all under ``tale_opt.``):
+One trial is one record of one evaluation; each fact is stored once:
 
-* ``candidate`` -- the candidate key; the marker that this trial was enqueued by a
-  coordinator. Workers evaluate only marked trials, the coordinator counts only marked ones.
-* ``drop``, ``probe``, ``round`` -- the candidate, readable in the Optuna dashboard.
-* ``prunable`` -- set by the coordinator when the worker may stop this candidate early, once
-  it provably cannot beat the best completed rival of its round (exact early termination);
-  the trial then ends PRUNED with its upper bound as the result's score.
-* ``result`` -- {score, status, metrics, extras}, set by the worker in one write.
-* ``worker`` -- who evaluated it; ``error`` -- why the evaluation raised; ``stray`` -- a trial
-  that `study.ask()` created when the queue emptied under a worker's feet (never evaluated).
+* the candidate key (``Candidate.key``, e.g. ``task_accuracy:3,7``) in the user attribute
+  ``tale_opt.candidate``. It is also the marker that a coordinator enqueued this trial:
+  workers evaluate only marked trials, the coordinator counts only marked ones. The drop set,
+  the probe and the round (the number of dropped layers) are read from it, never stored apart.
+* the score as the trial's value: the objective's return value for a COMPLETE trial, and for
+  a PRUNED one the upper bound the worker reports (Optuna stores a pruned trial's last
+  reported value as its value). Complete or pruned is the trial's state.
+* ``tale_opt.result`` -- {metrics, extras} of the evaluation, set by the worker in one write.
+* ``tale_opt.prunable`` -- set by the coordinator when the worker may stop this candidate
+  early, once it provably cannot beat the best completed rival of its round (exact early
+  termination); ``tale_opt.base`` -- the round's shared drop set (where prefix reuse starts).
+* ``tale_opt.worker`` -- who evaluated it; ``tale_opt.error`` -- why the evaluation raised;
+  ``tale_opt.stray`` -- a trial that `study.ask()` created when the queue emptied under a
+  worker's feet (never evaluated).
+
+Trials written by earlier versions also carry ``tale_opt.drop``, ``tale_opt.probe`` and
+``tale_opt.round``, and the score inside ``tale_opt.result``; they read the same.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import optuna
@@ -33,7 +41,6 @@ from tale_opt.errors import UsageError
 from tale_opt.types import Candidate, DropSet, Observation, Status
 
 MARKER = "tale_opt.candidate"
-DROP, PROBE, ROUND = "tale_opt.drop", "tale_opt.probe", "tale_opt.round"
 PRUNABLE = "tale_opt.prunable"
 BASE = "tale_opt.base"  # the round's shared drop set: where prefix reuse starts
 RESULT = "tale_opt.result"
@@ -42,9 +49,6 @@ WORKER, ERROR, STRAY = "tale_opt.worker", "tale_opt.error", "tale_opt.stray"
 FINGERPRINT = "tale_opt.fingerprint"
 CONFIG = "tale_opt.config"  # what a worker needs to rebuild the evaluator (JSON)
 FINISHED = "tale_opt.finished"
-
-# tale_opt logs its own progress; Optuna's per-trial INFO lines would double it.
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def fingerprint_hash(fingerprint: Mapping[str, Any]) -> str:
@@ -158,12 +162,7 @@ def enqueue(
     """Queue `candidate` as a WAITING trial carrying the marker (workers claim the oldest
     waiting trial first, so candidates run in the order they are enqueued). `base`, the drop
     set every candidate of its round shares, lets a worker start prefix reuse at once."""
-    attrs: dict[str, Any] = {
-        MARKER: candidate.key,
-        DROP: candidate.drop.key,
-        PROBE: candidate.probe,
-        ROUND: len(candidate.drop),
-    }
+    attrs: dict[str, Any] = {MARKER: candidate.key}
     if prunable:
         attrs[PRUNABLE] = True
     if base is not None:
@@ -192,19 +191,25 @@ def is_prunable(trial: FrozenTrial | optuna.Trial) -> bool:
     return bool(trial.user_attrs.get(PRUNABLE, False))
 
 
-def completed_counts(study: optuna.Study, candidate: Candidate) -> list[tuple[DropSet, int]]:
+def completed_counts(
+    study: optuna.Study, candidate: Candidate, trials: Iterable[FrozenTrial] | None = None
+) -> list[tuple[DropSet, int]]:
     """``(drop set, n correct)`` of every COMPLETE marked trial with `candidate`'s probe and
     number of dropped layers: the finished rivals early termination compares against.
 
-    One read of the study's complete trials (cheap enough every few seconds, also on
-    PostgreSQL). Trials without an exact count of correct examples are left out.
+    Reads the study's complete trials, unless the caller has just read them (`trials`).
+    Trials without an exact count of correct examples are left out.
     """
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     out = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for trial in trials:
         other = candidate_of(trial)
-        if other is None or other.probe != candidate.probe:
+        if other is None or trial.state != TrialState.COMPLETE:
             continue
-        if len(other.drop) != len(candidate.drop) or other.key == candidate.key:
+        if other.probe != candidate.probe or len(other.drop) != len(candidate.drop):
+            continue
+        if other.key == candidate.key:
             continue
         n_correct = trial.user_attrs.get(RESULT, {}).get("metrics", {}).get("n_correct")
         if n_correct is not None:
@@ -212,24 +217,26 @@ def completed_counts(study: optuna.Study, candidate: Candidate) -> list[tuple[Dr
     return out
 
 
-def candidate_of(trial: FrozenTrial) -> Candidate | None:
+def parse_candidate_key(key: str) -> Candidate:
+    """Inverse of `Candidate.key`: ``"task_accuracy:3,7"`` -> the candidate."""
+    probe, sep, drop = key.rpartition(":")
+    if not sep or not probe:
+        raise ValueError(f"a candidate key looks like 'task_accuracy:3,7', but got {key!r}")
+    return Candidate(DropSet.parse(drop), probe)
+
+
+def candidate_of(trial: FrozenTrial | optuna.Trial) -> Candidate | None:
     """The candidate a marked trial stands for; None for any other trial."""
     attrs = trial.user_attrs
     if MARKER not in attrs or attrs.get(STRAY):
         return None
-    return Candidate(DropSet.parse(attrs[DROP]), attrs[PROBE])
+    return parse_candidate_key(attrs[MARKER])
 
 
 def result_attrs(observation: Observation) -> dict[str, Any]:
-    """The user attributes a worker stores for a finished evaluation."""
-    return {
-        RESULT: {
-            "score": observation.score,
-            "status": observation.status.value,
-            "metrics": dict(observation.metrics),
-            "extras": dict(observation.extras),
-        }
-    }
+    """The user attributes a worker stores for a finished evaluation (its score becomes the
+    trial's value, its status the trial's state)."""
+    return {RESULT: {"metrics": dict(observation.metrics), "extras": dict(observation.extras)}}
 
 
 def observation_of(trial: FrozenTrial) -> Observation | None:
@@ -238,12 +245,12 @@ def observation_of(trial: FrozenTrial) -> Observation | None:
     if candidate is None or trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
         return None
     result = trial.user_attrs.get(RESULT)
-    if result is None:
+    if result is None or trial.value is None:
         return None  # pruned before it reported anything
     return Observation(
         candidate,
-        float(result["score"]),
+        float(trial.value),
         metrics=dict(result.get("metrics", {})),
         extras=dict(result.get("extras", {})),
-        status=Status(result.get("status", Status.COMPLETE.value)),
+        status=Status.COMPLETE if trial.state == TrialState.COMPLETE else Status.PRUNED,
     )

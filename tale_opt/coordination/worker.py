@@ -22,13 +22,13 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import DatabaseError
 
 from searchers.base import Searcher
@@ -104,23 +104,39 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def waiting_candidates(study: optuna.Study) -> int:
-    """How many marked trials wait to be claimed."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    return sum(1 for t in trials if st.candidate_of(t) is not None)
+def waiting_candidates(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> int:
+    """How many marked trials wait to be claimed (among `trials`, when just read)."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    waiting = (t for t in trials if t.state == TrialState.WAITING)
+    return sum(1 for t in waiting if st.candidate_of(t) is not None)
 
 
-def run_one(study: optuna.Study, evaluate: Evaluate, stats: WorkerStats | None = None) -> bool:
+def run_one(
+    study: optuna.Study,
+    evaluate: Evaluate,
+    stats: WorkerStats | None = None,
+    *,
+    trials: Sequence[FrozenTrial] | None = None,
+) -> bool:
     """Claim and evaluate one waiting trial. Returns whether a candidate was evaluated.
+
+    Args:
+        study: The search's study.
+        evaluate: Scores one candidate.
+        stats: Counts to update.
+        trials: The study's trials as the caller has just read them, if it has: early
+            termination takes its first rival from them instead of reading the study again.
 
     Raises:
         Exception: Whatever `evaluate` raised (the trial is then FAIL with its `error` attr).
     """
     stats = stats if stats is not None else WorkerStats()
     claimed: dict[str, int] = {}
+    told: list[FrozenTrial] = []  # the finished trial, as Optuna hands it to callbacks
 
     def objective(trial: optuna.Trial) -> float:
-        claimed["trial_id"] = trial._trial_id
+        claimed["number"] = trial.number
         candidate = st.candidate_of(trial)
         if candidate is None:
             trial.set_user_attr(st.STRAY, True)
@@ -130,7 +146,7 @@ def run_one(study: optuna.Study, evaluate: Evaluate, stats: WorkerStats | None =
             # Evaluators that reuse prefixes (CandidateEvaluator) take the round's base.
             hints = {"base": st.base_of(trial)} if getattr(evaluate, "takes_base", False) else {}
             if st.is_prunable(trial) and getattr(evaluate, "supports_early_stop", False):
-                incumbent = Incumbent(study, candidate)
+                incumbent = Incumbent(study, candidate, trials=trials)
                 observation = evaluate(candidate, can_still_win=incumbent, **hints)
                 observation = incumbent.annotate(observation)
             else:
@@ -146,29 +162,35 @@ def run_one(study: optuna.Study, evaluate: Evaluate, stats: WorkerStats | None =
                 raise _Superseded(str(err)) from err
             raise
         if observation.status is Status.PRUNED:
+            # Optuna keeps a pruned trial's last reported value as its value: the bound.
             trial.report(observation.score, step=0)
             raise optuna.TrialPruned(f"bounded by {observation.score}")
         return observation.score
 
     try:
-        study.optimize(objective, n_trials=1, catch=(_Superseded,))
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(_Superseded,),
+            callbacks=[lambda _study, trial: told.append(trial)],
+        )
     except Exception:
         # Telling a trial that was failed as stale raises; that is not our error.
-        if not _was_superseded(study, claimed.get("trial_id")):
+        if not _was_superseded(study, claimed.get("number")):
             raise
-    trial_id = claimed.get("trial_id")
-    if trial_id is None:
+    number = claimed.get("number")
+    if number is None:
         return False
-    trial = study._storage.get_trial(trial_id)
-    if trial.user_attrs.get(st.STRAY):
+    trial = told[0] if told else None
+    if trial is not None and trial.user_attrs.get(st.STRAY):
         stats.stray += 1
         return False
-    if _was_superseded(study, trial_id):
+    if trial is None or trial.state == TrialState.FAIL:
         stats.superseded += 1
         log.warning(
             "trial %d was declared stale (no heartbeat for the grace period) and re-queued; "
             "our result is discarded, the retry's counts",
-            trial.number,
+            number,
         )
         return False
     stats.evaluated += 1
@@ -178,21 +200,28 @@ def run_one(study: optuna.Study, evaluate: Evaluate, stats: WorkerStats | None =
 
 class Incumbent:
     """`can_still_win` of one candidate: against the best completed rival of its round in the
-    study (same probe and base, `Searcher.best_rival`), read on the first call and
-    again at most every `refresh` seconds. A stale rival is a weaker one, so never wrong."""
+    study (same probe and base, `Searcher.best_rival`), read on the first call (from
+    `trials` when the caller has just read them) and again at most every `refresh` seconds.
+    A stale rival is a weaker one, so never wrong."""
 
     def __init__(
-        self, study: optuna.Study, candidate: Candidate, refresh: float = INCUMBENT_REFRESH_S
+        self,
+        study: optuna.Study,
+        candidate: Candidate,
+        refresh: float = INCUMBENT_REFRESH_S,
+        trials: Sequence[FrozenTrial] | None = None,
     ) -> None:
         self.study, self.candidate, self.refresh = study, candidate, refresh
         self.rival: tuple[DropSet, int] | None = None
         self._read_at: float | None = None
+        self._trials = trials
 
     def __call__(self, max_correct: int) -> bool:
         now = time.monotonic()
         if self._read_at is None or now - self._read_at >= self.refresh:
             self._read_at = now
-            counts = st.completed_counts(self.study, self.candidate)
+            counts = st.completed_counts(self.study, self.candidate, self._trials)
+            self._trials = None  # later refreshes read the study
             self.rival = Searcher.best_rival(self.candidate.drop, counts)
         if self.rival is None:
             return True
@@ -207,11 +236,14 @@ class Incumbent:
         return replace(observation, extras={**observation.extras, "bounded_by": bounded_by})
 
 
-def _was_superseded(study: optuna.Study, trial_id: int | None) -> bool:
-    if trial_id is None:
+def _was_superseded(study: optuna.Study, number: int | None) -> bool:
+    """Whether trial `number` was failed by someone else (stale) rather than by its error."""
+    if number is None:
         return False
-    trial = study._storage.get_trial(trial_id)
-    return trial.state == TrialState.FAIL and st.ERROR not in trial.user_attrs
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.number == number:
+            return st.ERROR not in trial.user_attrs
+    return False
 
 
 def run_worker(
@@ -248,8 +280,10 @@ def _work(
     stats = WorkerStats()
     idle_since = time.monotonic()
     while keep_going() and not st.is_finished(study):
-        if waiting_candidates(study):
-            if run_one(study, evaluate, stats):
+        # One read per poll: whether there is work, and early termination's first rival.
+        trials = study.get_trials(deepcopy=False)
+        if waiting_candidates(study, trials):
+            if run_one(study, evaluate, stats, trials=trials):
                 idle_since = time.monotonic()
             continue
         # An idle worker helps notice dead peers: their trials are failed and re-queued.

@@ -1,7 +1,10 @@
 """Result files of one search, written as the search goes.
 
-* `candidate_results.csv` gets one line per finished candidate, flushed and fsynced, so a
-  crash never loses a finished evaluation; a candidate already in the file is not repeated.
+* `candidate_results.csv` holds one row per candidate (drop set and probe), rewritten
+  atomically (and fsynced) after every change, so a crash never loses a finished evaluation
+  and a reader never sees half a row. A candidate's row is updated in place when a fuller
+  result arrives: a candidate first stopped early (pruned, an upper bound) and later
+  evaluated in full shows the full result; a resumed search's replay changes nothing.
 * `accepted_configs.json`, `summary.json` and `predictions/*.jsonl` are replaced atomically
   (write a temp file, fsync, then `os.replace`), so a reader never sees a half-written
   file. `summary.json` appears only when the whole search, held-out evaluation included, has
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tale_opt.credentials import mask_values
-from tale_opt.types import Observation
+from tale_opt.types import Observation, Status
 
 CANDIDATE_FIELDS = (
     "round", "drop_key", "n_dropped", "probe", "status", "score", "accuracy", "accuracy_ci_low",
@@ -65,6 +69,20 @@ def observation_record(obs: Observation) -> dict[str, Any]:
     }
 
 
+def _csv_row(obs: Observation, fields: Sequence[str]) -> dict[str, str]:
+    """`obs` as a row of `fields`, spelled as the csv module writes and reads it back."""
+    values = {
+        "round": len(obs.drop),
+        "drop_key": obs.drop.key,
+        "n_dropped": len(obs.drop),
+        "probe": obs.candidate.probe,
+        "status": obs.status.value,
+        "score": obs.score,
+        **dict(obs.metrics),
+    }
+    return {f: "" if values.get(f) is None else str(values[f]) for f in fields}
+
+
 class RunWriter:
     """Owns the result files of one search in `directory`."""
 
@@ -73,45 +91,39 @@ class RunWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.predictions_dir = self.directory / "predictions"
         self._csv_path = self.directory / "candidate_results.csv"
-        new = not self._csv_path.exists()
-        # A resumed search replays every candidate it finds in the storage; rows already in
-        # this directory's file (the same command run again) are not written twice.
-        self._recorded: set[str] = set()
-        fields = CANDIDATE_FIELDS
-        if not new:
+        # Rows by candidate key, in the order candidates were first recorded. A resumed search
+        # (the same command run again) starts from this directory's rows.
+        self._rows: dict[str, dict[str, str]] = {}
+        self._fields: tuple[str, ...] = CANDIDATE_FIELDS
+        if self._csv_path.exists():
             with self._csv_path.open(newline="") as handle:
                 reader = csv.DictReader(handle)
-                self._recorded = {_row_key(row) for row in reader}
+                self._rows = {_row_key(row): row for row in reader}
                 # A file begun by an older version keeps its own columns.
-                fields = tuple(reader.fieldnames or CANDIDATE_FIELDS)
-        self._csv = self._csv_path.open("a", newline="")
-        self._rows = csv.DictWriter(self._csv, fieldnames=fields, extrasaction="ignore")
-        if new:
-            self._rows.writeheader()
-            self._flush()
+                self._fields = tuple(reader.fieldnames or CANDIDATE_FIELDS)
+        else:
+            self._write_rows()
 
-    def _flush(self) -> None:
-        self._csv.flush()
-        os.fsync(self._csv.fileno())
+    def _write_rows(self) -> None:
+        text = io.StringIO()
+        rows = csv.DictWriter(text, fieldnames=self._fields, extrasaction="ignore")
+        rows.writeheader()
+        rows.writerows(self._rows.values())
+        write_text_atomic(self._csv_path, text.getvalue())
 
-    def record_candidate(self, obs: Observation, round_no: int) -> None:
-        """Append one row for `obs`, unless its candidate (drop set and probe) has one."""
-        if obs.candidate.key in self._recorded:
-            return
-        self._recorded.add(obs.candidate.key)
-        metrics = dict(obs.metrics)
-        self._rows.writerow(
-            {
-                "round": round_no,
-                "drop_key": obs.drop.key,
-                "n_dropped": len(obs.drop),
-                "probe": obs.candidate.probe,
-                "status": obs.status.value,
-                "score": obs.score,
-                **metrics,
-            }
-        )
-        self._flush()
+    def record_candidate(self, obs: Observation) -> None:
+        """Record `obs` as its candidate's row: a new row, or an update of the candidate's
+        row when `obs` says more (a full result replaces a pruned bound, never the reverse)."""
+        key = obs.candidate.key
+        row = _csv_row(obs, self._fields)
+        old = self._rows.get(key)
+        if old is not None:
+            if {f: old.get(f, "") for f in self._fields} == row:
+                return
+            if old.get("status") == Status.COMPLETE.value and not obs.complete:
+                return
+        self._rows[key] = row  # an updated row keeps its place
+        self._write_rows()
 
     def write_accepted(self, trajectory: Sequence[Observation], threshold: float | None) -> None:
         write_json_atomic(
@@ -138,8 +150,7 @@ class RunWriter:
         return path
 
     def close(self) -> None:
-        if not self._csv.closed:
-            self._csv.close()
+        """Nothing stays open between writes; kept so the writer is a context manager."""
 
     def __enter__(self) -> RunWriter:
         return self

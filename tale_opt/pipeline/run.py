@@ -163,7 +163,7 @@ def _search(
                 obs.metrics.get("n_seen", 0), obs.metrics.get("n_examples", 0),
                 obs.extras.get("bounded_by", {}).get("drop", "?"),
             )  # fmt: skip
-        writer.record_candidate(obs, round_no=len(obs.drop))
+        writer.record_candidate(obs)
         tracking.log_configuration(obs)
         if not obs.drop and obs.candidate.probe == TASK_ACCURACY and obs.complete:
             writer.write_predictions("optimization_baseline", obs.extras.get("predictions", []))

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tale_opt.coordination import study as st
+from tale_opt.coordination.console import quiet_optuna
 from tale_opt.coordination.storage import StorageConfig, StorageNotReady, open_storage
 from tale_opt.coordination.worker import WorkerStats, run_worker, worker_id
 from tale_opt.errors import SearchFailed, UsageError
@@ -116,6 +117,7 @@ def spawned(
 
     install_log_masking()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    quiet_optuna()  # a spawned process starts afresh: the command line's setting is not inherited
     try:
         run(storage, study, idle_timeout=None, threads=threads, parent_pid=parent_pid)
     except (UsageError, SearchFailed) as err:

@@ -66,9 +66,10 @@ class Tracker(abc.ABC):
     ) -> str | None:
         """Record one evaluated configuration as a child run of `parent_run_id`.
 
-        Idempotent per (parent, drop key, probe) within a process and across a resume: a
-        configuration that already has a child run is not logged again; its run id is
-        returned.
+        One child run per (parent, drop key, probe), found by its candidate tag within a
+        process and across a resume: a configuration that already has a child run is not
+        logged again and its run id is returned, except that a pruned child (an upper bound)
+        is updated in place with a complete result when one comes.
 
         Args:
             parent_run_id: From `start_search`; None records nothing.

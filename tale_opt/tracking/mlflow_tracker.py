@@ -30,7 +30,7 @@ from tale_opt.tracking.settings import (
     resolve_tracking_uri,
     sqlite_path,
 )
-from tale_opt.types import DropSet
+from tale_opt.types import Candidate, DropSet, Status
 
 T = TypeVar("T")
 _PAGE = 1000
@@ -81,7 +81,8 @@ class MlflowTracker(Tracker):
         self._client_obj: Any = None
         self._experiment_id: str | None = None
         self._run_experiment: dict[str, str] = {}
-        self._children: dict[str, dict[str, str]] = {}
+        self._children: dict[str, dict[str, str]] = {}  # parent -> child key -> child run
+        self._child_status: dict[str, str] = {}  # child run -> status it was logged with
         self._failures = 0
         self._disabled = False
 
@@ -190,14 +191,32 @@ class MlflowTracker(Tracker):
     def _load_children(self, parent_run_id: str) -> dict[str, str]:
         experiment_id = self._run_experiment[parent_run_id]
         found = self._search(experiment_id, f"tags.`{rec.PARENT_TAG}` = '{parent_run_id}'")
-        return {
-            rec.child_key(
-                run.data.tags[rec.DROP_KEY_TAG],
-                run.data.tags.get(rec.PROBE_TAG, rec.TASK_ACCURACY),
-            ): run.info.run_id
-            for run in found
-            if rec.DROP_KEY_TAG in run.data.tags
-        }
+        children = {}
+        for run in found:
+            tags = run.data.tags
+            if rec.CANDIDATE_TAG in tags:
+                candidate = tags[rec.CANDIDATE_TAG]
+                probe, _, drop_key = candidate.rpartition(":")
+            elif rec.DROP_KEY_TAG in tags:  # logged before children carried the candidate tag
+                drop_key = tags[rec.DROP_KEY_TAG]
+                probe = tags.get(rec.PROBE_TAG, rec.TASK_ACCURACY)
+            else:
+                continue
+            children[rec.child_key(drop_key, probe)] = run.info.run_id
+            self._child_status[run.info.run_id] = tags.get(rec.STATUS_TAG, Status.COMPLETE.value)
+        return children
+
+    def _update_child(self, run_id: str, metrics: Mapping[str, float], status: str) -> bool:
+        """Replace a pruned child's result by a full one, in the same run.
+
+        The full result is logged at step 1 (the pruned bound stays at step 0, as history), so
+        it is what MLflow shows as each metric's value; metrics only the pruned evaluation had
+        (``upper_bound``, ``n_seen`` ...) become NaN: they say nothing about a full evaluation.
+        """
+        previous = self._client().get_run(run_id).data.metrics
+        stale = {key: float("nan") for key in previous if key not in metrics}
+        self._log_batch(run_id, {**metrics, **stale}, tags={rec.STATUS_TAG: status}, step=1)
+        return True
 
     # -- the Tracker API ------------------------------------------------------------------
     def start_search(
@@ -271,14 +290,29 @@ class MlflowTracker(Tracker):
             if known is None:
                 return None
         key = rec.child_key(drop_key, probe)
-        if key in known:
-            return known[key]
         n_dropped = len(DropSet.parse(drop_key))
+        values = {
+            **rec.numeric_metrics(metrics),
+            "n_dropped": float(n_dropped),
+            "round": float(round),
+        }
+        if key in known:
+            run_id = known[key]
+            if self._child_status.get(run_id) == Status.PRUNED.value != status:
+                # Stopped early first, evaluated in full later: the full result replaces it.
+                done = self._guard(
+                    f"update configuration {drop_key or 'baseline'!r}",
+                    lambda: self._update_child(run_id, values, status),
+                )
+                if done:  # else it stays pruned here, and the next full result tries again
+                    self._child_status[run_id] = status
+            return run_id
 
         def log() -> str:
             tags = {
                 rec.PARENT_TAG: parent_run_id,
                 rec.KIND_TAG: "configuration",
+                rec.CANDIDATE_TAG: Candidate(DropSet.parse(drop_key), probe).key,
                 rec.DROP_KEY_TAG: drop_key,
                 rec.ROUND_TAG: str(round),
                 rec.STATUS_TAG: status,
@@ -289,11 +323,6 @@ class MlflowTracker(Tracker):
                 name += f" ({probe})"
             experiment_id = self._run_experiment[parent_run_id]
             run_id = self._client().create_run(experiment_id, tags=tags, run_name=name).info.run_id
-            values = {
-                **rec.numeric_metrics(metrics),
-                "n_dropped": float(n_dropped),
-                "round": float(round),
-            }
             extra = rec.flatten_params(params or {})
             flat = {"drop_layers": drop_key or "none", "round": str(round), **extra}
             self._log_batch(run_id, metrics=values, params=flat)
@@ -303,6 +332,7 @@ class MlflowTracker(Tracker):
         run_id = self._guard(f"log configuration {drop_key or 'baseline'!r}", log)
         if run_id is not None:
             known[key] = run_id
+            self._child_status[run_id] = status
         return run_id
 
     def log_metrics(

@@ -25,6 +25,7 @@ _BAD_KEY_CHARS = re.compile(r"[^\w\-./: ]")
 KIND_TAG = "tale_opt.kind"  # "search" (parent) or "configuration" (child)
 SEARCH_KEY_TAG = "tale_opt.search_key"
 DROP_KEY_TAG = "tale_opt.drop_key"
+CANDIDATE_TAG = "tale_opt.candidate"  # child: the candidate key (probe:drop key), its identity
 ROUND_TAG = "tale_opt.round"
 STATUS_TAG = "tale_opt.status"
 PROBE_TAG = "tale_opt.probe"  # what scored the configuration (task_accuracy, perplexity, ...)

@@ -1,0 +1,157 @@
+"""The one module of tale_opt that relies on Optuna's private interfaces.
+
+Everything else uses Optuna's public API only (tests/test_optuna_public_api.py checks it);
+what Optuna offers no public way to do lives here, and tests/test_optuna_adapter.py fails
+loudly when an Optuna release changes the private names and signatures used below.
+
+* `HeartbeatJournalStorage`: Optuna 5's `JournalStorage` does not implement the heartbeat
+  interface (`optuna.storages._heartbeat.BaseHeartbeat`): `study.optimize` starts no heartbeat
+  thread for it and `fail_stale_trials` is a no-op, so a worker killed mid-trial would leave
+  its trial RUNNING forever. This subclass implements the four methods RDBStorage does,
+  storing each beat as a trial system attribute in the log, so Optuna's own machinery
+  (heartbeat thread, `fail_stale_trials`, `RetryHeartbeatStaleTrialCallback`) works unchanged.
+  Beats are wall-clock times of the worker's machine, compared with the checking process's
+  clock: on several machines sharing the file, their clocks must agree to well within the
+  grace period (NTP does that). RDB storages use the database server's clock instead.
+* `ReconnectingRDBStorage`: an `RDBStorage` whose every database operation is retried over a
+  dropped connection (see reconnect.py). Optuna wraps an RDBStorage in a cache that calls
+  some of the storage's private methods (`_get_trials`, `_create_new_trial`, ...), and
+  `fail_stale_trials` calls `_get_stale_trial_ids`: those are retried too, or one dropped
+  connection while reading trials would still end the search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages._heartbeat import BaseHeartbeat  # the interface RDBStorage implements
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from tale_opt.coordination.reconnect import Reconnect
+
+# [trial_id, time]. The trial id matters: RetryHeartbeatStaleTrialCallback copies system attrs
+# into the retried trial, and a copied old beat must not make the new trial look stale.
+BEAT = "tale_opt:heartbeat"
+
+# Private methods of RDBStorage that Optuna's own code calls (its trial cache and
+# `fail_stale_trials`); the canary test checks that these are all it calls.
+PRIVATE_RDB_OPERATIONS = (
+    "_create_new_trial",
+    "_get_best_trial_id",
+    "_get_stale_trial_ids",
+    "_get_trials",
+    "_set_trial_param",
+)
+# Public methods of RDBStorage that open a database session.
+PUBLIC_RDB_OPERATIONS = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
+    "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
+    "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
+    "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial",
+    "get_all_trials", "get_best_trial", "record_heartbeat",
+)  # fmt: skip
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """A `JournalStorage` over a log file, with heartbeats like `RDBStorage`'s.
+
+    Args:
+        path: The journal file (created when missing).
+        heartbeat_interval: Seconds between beats of a running trial.
+        grace_period: Seconds without a beat after which a running trial is stale.
+        heartbeat_stale_trial_callback: Called for each trial failed as stale.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        heartbeat_interval: int,
+        grace_period: int,
+        heartbeat_stale_trial_callback: Callable[[Any, FrozenTrial], None] | None = None,
+    ) -> None:
+        super().__init__(JournalFileBackend(path))
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        # Failed as stale meanwhile: the worker learns it when it reports its result.
+        with contextlib.suppress(UpdateFinishedTrialError):
+            self.set_trial_system_attr(trial_id, BEAT, [trial_id, time.time()])
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = trial.system_attrs.get(BEAT)
+            if beat and beat[0] == trial._trial_id and now - beat[1] > self.grace_period:
+                stale.append(trial._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[Any, FrozenTrial], None] | None:
+        return self.heartbeat_stale_trial_callback
+
+
+class ReconnectingRDBStorage(RDBStorage):
+    """An `RDBStorage` that survives dropped database connections.
+
+    Args:
+        url: The database URL.
+        reconnect: How often and how patiently to retry an operation.
+        **kwargs: Passed to `RDBStorage` (engine_kwargs, heartbeats, ...).
+    """
+
+    def __init__(self, url: str, *, reconnect: Reconnect | None = None, **kwargs: Any) -> None:
+        self.reconnect = reconnect or Reconnect()
+        super().__init__(url, **kwargs)
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        attempt = itertools.count()
+
+        def once() -> bool:
+            first = next(attempt) == 0
+            try:
+                return RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except UpdateFinishedTrialError:
+                # The connection dropped after the server committed our write, before we
+                # heard back: the retry finds the trial finished, the way we finished it.
+                if first or not state.is_finished():
+                    raise
+                now = RDBStorage.get_trial(self, trial_id)
+                if now.state != state or (values is not None and now.values != list(values)):
+                    raise
+                return True
+
+        return self.reconnect.call(once, self.remove_session, "set_trial_state_values")
+
+
+def _retried(name: str) -> Callable[..., Any]:
+    operation = getattr(RDBStorage, name)
+
+    @functools.wraps(operation)
+    def call(self: ReconnectingRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return self.reconnect.call(
+            lambda: operation(self, *args, **kwargs), self.remove_session, name
+        )
+
+    return call
+
+
+for _name in PUBLIC_RDB_OPERATIONS + PRIVATE_RDB_OPERATIONS:
+    setattr(ReconnectingRDBStorage, _name, _retried(_name))

@@ -1,0 +1,96 @@
+"""Canary: the private Optuna interfaces tale_opt/coordination/optuna_adapter.py relies on.
+
+Each test names what an Optuna release changed when it fails; the fix belongs in the adapter
+(and nowhere else: tests/test_optuna_public_api.py keeps the rest of tale_opt public-only).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import optuna
+import pytest
+from optuna.storages import RDBStorage
+
+from tale_opt.coordination import optuna_adapter as adapter
+
+HEARTBEAT_METHODS = {
+    "record_heartbeat": ["self", "trial_id"],
+    "_get_stale_trial_ids": ["self", "study_id"],
+    "get_heartbeat_interval": ["self"],
+    "get_heartbeat_stale_trial_callback": ["self"],
+}
+
+
+def parameters(function) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def test_the_heartbeat_interface_is_where_and_what_the_journal_storage_implements():
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    assert BaseHeartbeat.__abstractmethods__ == set(HEARTBEAT_METHODS), (
+        "Optuna changed the heartbeat interface HeartbeatJournalStorage implements"
+    )
+    for name, expected in HEARTBEAT_METHODS.items():
+        assert parameters(getattr(BaseHeartbeat, name)) == expected, name
+        assert parameters(getattr(adapter.HeartbeatJournalStorage, name)) == expected, name
+    # Optuna decides whether to beat, and finds stale trials, through exactly these.
+    assert "BaseHeartbeat" in inspect.getsource(is_heartbeat_enabled)
+    stale = inspect.getsource(optuna.storages.fail_stale_trials)
+    assert "_get_stale_trial_ids(" in stale and "get_heartbeat_stale_trial_callback" in stale
+
+
+def test_the_journal_storage_beats_and_reports_stale_trials(tmp_path):
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    storage = adapter.HeartbeatJournalStorage(
+        str(tmp_path / "journal.log"), heartbeat_interval=1, grace_period=2
+    )
+    assert is_heartbeat_enabled(storage)
+    study = optuna.create_study(storage=storage)
+    with pytest.warns(UserWarning, match="supposed to be used with Study.optimize"):
+        study.ask()  # a trial in flight, as a worker's
+    (frozen,) = study.get_trials()
+    assert frozen._trial_id is not None  # FrozenTrial keeps the storage's id there
+    storage.record_heartbeat(frozen._trial_id)
+    (beating,) = study.get_trials()
+    beat = beating.system_attrs[adapter.BEAT]
+    assert beat[0] == frozen._trial_id
+    # Pretend the beat is old: the trial is stale, and fail_stale_trials fails it.
+    storage.set_trial_system_attr(frozen._trial_id, adapter.BEAT, [beat[0], beat[1] - 60])
+    assert storage._get_stale_trial_ids(study._study_id) == [frozen._trial_id]
+    optuna.storages.fail_stale_trials(study)
+    assert study.get_trials()[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_every_database_operation_of_rdb_storage_is_retried():
+    opens_a_session = {
+        name
+        for name, member in vars(RDBStorage).items()
+        if callable(member) and "_create_scoped_session" in inspect.getsource(member)
+    }
+    retried = set(adapter.PUBLIC_RDB_OPERATIONS) | set(adapter.PRIVATE_RDB_OPERATIONS)
+    retried.add("set_trial_state_values")  # retried by its own override
+    missing = opens_a_session - retried
+    assert not missing, f"RDBStorage has new database operations to retry: {sorted(missing)}"
+    for name in retried:
+        ours, theirs = getattr(adapter.ReconnectingRDBStorage, name), getattr(RDBStorage, name)
+        assert ours is not theirs, f"{name} is not retried"
+        assert parameters(ours) == parameters(theirs), f"Optuna changed {name}'s signature"
+
+
+def test_optunas_trial_cache_calls_only_storage_methods_that_are_retried():
+    from optuna.storages import _cached_storage
+
+    assert isinstance(
+        optuna.storages.get_storage(RDBStorage("sqlite://")), _cached_storage._CachedStorage
+    )
+    called = set(re.findall(r"self\._backend\.(\w+)", inspect.getsource(_cached_storage)))
+    retried = set(adapter.PUBLIC_RDB_OPERATIONS) | set(adapter.PRIVATE_RDB_OPERATIONS)
+    retried |= {"set_trial_state_values", "get_heartbeat_interval"}
+    retried.add("get_heartbeat_stale_trial_callback")  # no database access
+    unknown = called - retried
+    assert not unknown, f"Optuna's trial cache calls storage methods not retried: {unknown}"
+    assert set(adapter.PRIVATE_RDB_OPERATIONS) <= called | {"_get_stale_trial_ids"}
