@@ -6,6 +6,8 @@
     export   writes a pruned checkpoint
     bench    latency, throughput and TFLOPs of pruned variants
     report   compares searches logged to MLflow
+    finetune LoRA fine-tuning of a search's pick, an exported checkpoint or the full model
+    pipeline baseline, TALE, FT, TALE → FT, FT → TALE, TALE → FT → TALE: one table
 
 Bad input -- an unknown group choice or key, a missing path, a malformed data file, an
 invalid value, an unwritable run directory -- prints one `error:` line naming the problem and
@@ -31,6 +33,8 @@ SUBCOMMANDS = {
     "export": "tale_opt.commands.export",
     "bench": "tale_opt.commands.bench",
     "report": "tale_opt.commands.report",
+    "finetune": "tale_opt.commands.finetune",
+    "pipeline": "tale_opt.commands.pipeline",
 }
 
 

@@ -20,7 +20,7 @@ from tale_opt.commands.schema import register_schemas
 from tale_opt.errors import UsageError, did_you_mean
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("model", "task", "searcher", "eval", "storage", "tracking", "experiment")
+GROUPS = ("model", "task", "searcher", "eval", "storage", "tracking", "experiment", "finetune")
 SEARCHPATH_KEY = "hydra.searchpath"
 HINT = "run `python -m tale_opt --cfg job` to see the keys you can set"
 

@@ -10,17 +10,14 @@ success we reload it that way and compare its logits with the in-memory pruned m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tale_opt.commands.runs import PICKS, FinishedRun
 from tale_opt.errors import UsageError
 from tale_opt.types import DropSet
-
-# Final (most layers dropped; exactly n_drop with n_drop=k) is the pick criteria are compared on.
-PICKS = ("best", "bsba", "ae_hm", "final", "baseline")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,26 +37,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _from_run(run_dir: Path, pick: str) -> tuple[dict[str, Any], DropSet]:
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise UsageError(
-            f"{run_dir} has no summary.json, so it is not a finished search; pass the output "
-            "directory of a completed run, or use --model and --drop"
-        )
-    summary = json.loads(summary_path.read_text())
-    config_path = run_dir / ".hydra" / "config.yaml"
-    model_cfg: dict[str, Any] = {"path": summary["model_path"]}
-    if config_path.is_file():
-        from omegaconf import OmegaConf
-
-        model_cfg = dict(OmegaConf.to_container(OmegaConf.load(config_path).model, resolve=True))
-    model_cfg.pop("name", None)
-    if pick not in summary:
-        raise UsageError(
-            f"{summary_path} has no {pick!r} pick (a run of an older version); export another "
-            f"--pick, or use --model and --drop"
-        )
-    return model_cfg, DropSet.of(summary[pick]["drop_layers"])
+    run = FinishedRun.open(run_dir)
+    return run.model_config(), run.drop(pick)
 
 
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], DropSet]:

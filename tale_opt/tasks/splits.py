@@ -140,17 +140,49 @@ def _draw_fewshot(
     content_key: ContentKey,
 ) -> list[Example]:
     """k demonstrations from a dedicated pool, never an item of either split."""
-    candidates, _ = _dedupe(pool, content_key, "few-shot")
+    return draw_disjoint_part(
+        pool, k, parts, seed, content_key, stream="fewshot",
+        too_few="task.fewshot.k={k} but the few-shot source has only {available} items not "
+        "used by either split; lower task.fewshot.k",
+    )  # fmt: skip
+
+
+def draw_disjoint_part(
+    pool: Sequence[Example],
+    size: int | None,
+    parts: Mapping[str, Sequence[Example]],
+    seed: int,
+    content_key: ContentKey,
+    *,
+    stream: str,
+    too_few: str,
+) -> list[Example]:
+    """`size` items of `pool` (None: all) that are in none of `parts`, by id or content.
+
+    The pool is deduplicated, every item found in a part is left out, and what remains is
+    shuffled with its own seeded stream (`stream`), so the same seed draws the same items and
+    drawing one part never changes the others.
+
+    Args:
+        too_few: The error message when fewer than `size` items remain; ``{k}`` and
+            ``{available}`` are filled in.
+
+    Raises:
+        UsageError: Fewer than `size` items (or none at all) remain.
+    """
+    candidates, _ = _dedupe(pool, content_key, stream)
     taken: set[str] = set()
     for part in parts.values():
         taken.update(_overlap(candidates, part, content_key))
     candidates = [e for e in candidates if e.id not in taken]
-    if len(candidates) < k:
-        raise UsageError(
-            f"task.fewshot.k={k} but the few-shot source has only {len(candidates)} items not "
-            f"used by either split; lower task.fewshot.k"
-        )
-    return _cut(candidates, {"fewshot": k}, seed, "fewshot")["fewshot"]
+    if (size is not None and len(candidates) < size) or not candidates:
+        raise UsageError(too_few.format(k=size, available=len(candidates)))
+    size = len(candidates) if size is None else size
+    drawn = _cut(candidates, {stream: size}, seed, stream)[stream]
+    for name, part in parts.items():
+        if _overlap(drawn, part, content_key):  # unreachable unless the code above is wrong
+            raise UsageError(f"the {stream} part overlaps the {name} part")
+    return drawn
 
 
 def fingerprint(parts: Mapping[str, Sequence[Example]]) -> str:
