@@ -132,9 +132,13 @@ def test_a_search_builds_its_searcher_once(tiny_model_dir, tmp_path, monkeypatch
 # -- every group option composes and validates ----------------------------------------------
 
 
+# The groups of the search's own config; `finetune` belongs to finetune_job and pipeline.
+SEARCH_GROUPS = [g for g in GROUPS if g != "finetune"]
+
+
 def group_cases() -> list[list[str]]:
     cases = []
-    for group in GROUPS:
+    for group in SEARCH_GROUPS:
         for option in options_of(group):
             prefix = "+" if group == "experiment" else ""
             cases.append([f"{prefix}{group}={option}"])
@@ -162,6 +166,17 @@ def test_every_shipped_option_composes_and_validates(overrides, monkeypatch):
     if overrides == ["+experiment=paper"]:
         assert cfg["n_opt"] == 500 and cfg["searcher"]["max_drop"] is None
         assert cfg["eval"]["scoring"] == "generate"
+
+
+@pytest.mark.parametrize("config_name", ["finetune_job", "pipeline"])
+@pytest.mark.parametrize("option", options_of("finetune"))
+def test_every_finetune_option_composes_and_validates(option, config_name):
+    from tale_opt.finetune.settings import FinetuneSettings
+
+    source = ConfigSource(config_name=config_name)
+    cfg = OmegaConf.to_container(compose([f"finetune={option}"], source), resolve=True)
+    settings = FinetuneSettings.from_mapping(cfg["finetune"])
+    assert settings.rank >= 1
 
 
 @pytest.mark.parametrize("storage", options_of("storage"))
