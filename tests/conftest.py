@@ -15,7 +15,8 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -227,3 +228,33 @@ def postgres_url() -> str:
     except Exception as err:  # any failure to connect means "no server for this test run"
         pytest.skip(f"no PostgreSQL at {POSTGRES_URL} ({type(err).__name__}); CI provides one")
     return POSTGRES_URL
+
+
+@contextmanager
+def scratch_database(postgres_url: str, prefix: str) -> Iterator[str]:
+    """A fresh database named `prefix_<random>` on the test server, dropped (with any
+    connections still open) afterwards; yields its URL."""
+    import uuid
+
+    import psycopg2
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(postgres_url, connect_timeout=3)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models are overhead-bound: more torch threads only contend on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

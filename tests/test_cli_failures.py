@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 import pytest
 
+from tests.conftest import scratch_database
 from tests.test_cli import ROOT, assert_usage_error, cli_env, run_cli
 from tests.test_distributed_cli import outcome
 
@@ -42,19 +43,8 @@ def with_password(url: str, password: str) -> tuple[str, str]:
 @pytest.fixture
 def mlflow_database(postgres_url):
     """A fresh database on the test server for MLflow's tables; its URL without password."""
-    import psycopg2
-
-    name = f"tale_opt_secret_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(postgres_url, connect_timeout=3)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with scratch_database(postgres_url, "tale_opt_secret") as url:
+        yield url
 
 
 def files_containing(root: Path, *secrets: str) -> list[str]:

@@ -25,7 +25,6 @@ from typing import Any  # noqa: E402
 
 import optuna  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from searchers.base import Searcher  # noqa: E402
@@ -363,15 +362,6 @@ def accepted(result) -> list[tuple[str, float, float, float]]:
         (o.drop.key, o.score, o.metrics["n_correct"], o.metrics["n_examples"])
         for o in result.trajectory
     ]
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models are overhead-bound: more threads only contend on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_early_termination_and_prefix_reuse_never_change_the_search(monkeypatch, one_thread):

@@ -148,17 +148,6 @@ def test_without_reconnecting_one_dropped_connection_ends_a_read_of_the_trials(d
 
 
 # -- a search -------------------------------------------------------------------------------
-@pytest.fixture
-def one_thread():
-    """Tiny models are overhead-bound: more torch threads only contend on a shared machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Reconnections(logging.Handler):
     """Counts the storage's "reconnecting" warnings, from every thread."""
 

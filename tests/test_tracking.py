@@ -37,6 +37,7 @@ from tale_opt.tracking import (
 from tale_opt.tracking.mlflow_tracker import MlflowTracker
 from tale_opt.tracking.query import TrackingQueryError, child_runs, search_runs
 from tale_opt.tracking.records import MAX_PARAM_LENGTH
+from tests.conftest import scratch_database
 
 CONFIG = {
     "model": {"name": "tiny", "path": "/models/tiny", "dtype": "float32"},
@@ -83,19 +84,8 @@ def sqlite_uri(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def postgres_uri(postgres_url) -> str:
     """A fresh database on the test server for MLflow's tables, dropped afterwards."""
-    import psycopg2
-
-    name = f"tale_opt_mlflow_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(postgres_url, connect_timeout=3)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with scratch_database(postgres_url, "tale_opt_mlflow") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
