@@ -120,8 +120,8 @@ def as_record(row: PreviousSeed, template: RunRecord) -> RunRecord:
 
 
 def _group_of(record: RunRecord) -> tuple[str, str, str]:
-    tags = record.tags
-    return (tags.get("model", "?"), tags.get("task", "?"), tags.get("searcher", "?"))
+    group = collect([record]).groups[0]  # tags first, then params, as the report reads them
+    return (group.model, group.task, group.searcher)
 
 
 def merge(previous: list[PreviousSeed], live: list[RunRecord]) -> list[RunRecord]:
