@@ -6,6 +6,7 @@
     export   writes a pruned checkpoint
     bench    latency, throughput and TFLOPs of pruned variants
     report   compares searches logged to MLflow
+    evaluate scores a model, a drop set or a search's picks on held-out splits (transfer)
     finetune LoRA fine-tuning of a search's pick, an exported checkpoint or the full model
     pipeline baseline, TALE, FT, TALE → FT, FT → TALE, TALE → FT → TALE: one table
 
@@ -33,6 +34,7 @@ SUBCOMMANDS = {
     "export": "tale_opt.commands.export",
     "bench": "tale_opt.commands.bench",
     "report": "tale_opt.commands.report",
+    "evaluate": "tale_opt.commands.evaluate",
     "finetune": "tale_opt.commands.finetune",
     "pipeline": "tale_opt.commands.pipeline",
 }

@@ -25,19 +25,24 @@ def fresh_dir(prefix: str) -> str:
     The same `prefix` gives the same directory for the rest of the process.
     """
     if prefix not in _made:
-        base = Path(prefix)
-        base.parent.mkdir(parents=True, exist_ok=True)
-        number = 1
-        while True:
-            path = base if number == 1 else base.with_name(f"{base.name}_{number}")
-            try:
-                path.mkdir()
-            except FileExistsError:
-                number += 1
-                continue
-            break
-        _made[prefix] = str(path)
+        _made[prefix] = str(make_fresh_dir(prefix))
     return _made[prefix]
+
+
+def make_fresh_dir(prefix: str | Path) -> Path:
+    """Create and return `prefix`, or `prefix_2`, `prefix_3`, ...: the first that did not
+    exist. Unlike `fresh_dir`, every call makes a new directory."""
+    base = Path(prefix)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while True:
+        path = base if number == 1 else base.with_name(f"{base.name}_{number}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            number += 1
+            continue
+        return path
 
 
 def discard_if_bare(run_dir: Path, log_name: str) -> bool:
