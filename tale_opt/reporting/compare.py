@@ -34,8 +34,9 @@ class PickView:
     heldout_accuracy: float | None
     speedup: float | None
     speedup_measured: bool
-    tflops: float | None
+    tflops_per_example: float | None  # of evaluating the held-out split
     heldout_interval: tuple[float, float] | None = None  # 95% Wilson
+    opt_interval: tuple[float, float] | None = None  # 95% Wilson
     # Exact McNemar test against Baseline on the held-out split: (only pick, only Baseline, p)
     heldout_test: tuple[int, int, float] | None = None
 
@@ -73,21 +74,29 @@ def _first(mapping: Mapping[str, Any], *keys: str, default: str = "?") -> str:
     return default
 
 
+def _section(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
+    """The metrics under `prefix` (e.g. ``best.heldout.``), without it."""
+    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+
+
 def search_view(record: Any) -> SearchView:
     """Read a parent run (tags first, then the logged config params) into a `SearchView`."""
     tags, params, metrics = record.tags, record.params, record.metrics
     # Optimization scores are accuracies unless the searcher ranked by a probe (SLEB: negative
     # perplexity); those are left out rather than shown as percentages.
     accuracy = tags.get(rec.SCORE_PROBE_TAG, rec.TASK_ACCURACY) == rec.TASK_ACCURACY
+    n_eval = metrics.get("n_eval")
     picks = {}
     for pick, _ in PICKS:
         measured = metrics.get(f"{pick}.speedup_measured")
         n_dropped = metrics.get(f"{pick}.n_dropped")
-        held = {
-            k.removeprefix(f"{pick}.heldout."): v
-            for k, v in metrics.items()
-            if k.startswith(f"{pick}.heldout.")
-        }
+        held = _section(metrics, f"{pick}.heldout.")
+        opt = _section(metrics, f"{pick}.opt.")
+        if not opt and accuracy:  # logged before metrics were named by split
+            opt = {**_section(metrics, f"{pick}."), "accuracy": metrics.get(f"{pick}.score")}
+        tflops = held.get("tflops_per_example")
+        if tflops is None and metrics.get(f"{pick}.tflops") is not None and n_eval:
+            tflops = metrics[f"{pick}.tflops"] / n_eval  # older runs: the held-out total
         test = None
         if all(f"vs_baseline.{k}" in held for k in ("only_pick", "only_baseline", "p_value")):
             test = (
@@ -98,12 +107,13 @@ def search_view(record: Any) -> SearchView:
         picks[pick] = PickView(
             n_dropped=None if n_dropped is None else int(n_dropped),
             drop=tags.get(f"tale_opt.{pick}.drop"),
-            opt_accuracy=metrics.get(f"{pick}.score") if accuracy else None,
-            heldout_accuracy=metrics.get(f"{pick}.heldout.accuracy"),
+            opt_accuracy=opt.get("accuracy"),
+            heldout_accuracy=held.get("accuracy"),
             speedup=measured if measured is not None else metrics.get(f"{pick}.speedup_estimate"),
             speedup_measured=measured is not None,
-            tflops=metrics.get(f"{pick}.tflops"),
+            tflops_per_example=tflops,
             heldout_interval=accuracy_interval(held),
+            opt_interval=accuracy_interval(opt) if opt.get("accuracy") is not None else None,
             heldout_test=test,
         )
     num_layers = metrics.get("num_layers")
@@ -177,7 +187,7 @@ def runs_table(views: Sequence[SearchView]) -> str:
                 _heldout(p),
                 "—" if pick == "baseline" else _versus(p),
                 _speed(p),
-                "-" if p.tflops is None else f"{p.tflops:.4g}",
+                "-" if p.tflops_per_example is None else f"{p.tflops_per_example:.4g}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
