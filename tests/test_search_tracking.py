@@ -141,3 +141,96 @@ def test_an_accepted_configurations_child_has_both_splits_tflops(searches, clien
     assert summary["final"]["opt"]["tflops_per_example"] == pytest.approx(opt, rel=1e-9)
     assert summary["final"]["heldout"]["tflops_per_example"] == pytest.approx(held, rel=1e-9)
     assert "tflops" not in summary["final"]
+
+
+# -- 2. child runs comparable across criteria -------------------------------------------------
+@pytest.fixture
+def fluent(searches):
+    """MLflow's fluent API pointed at the searches' store (and back afterwards)."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(searches["uri"])
+    yield mlflow
+    mlflow.set_tracking_uri(before)
+
+
+def _csv_keys(root: Path, name: str) -> set[str]:
+    import csv
+
+    with (root / name / "candidate_results.csv").open(newline="") as handle:
+        return {f"{row['probe']}:{row['drop_key']}" for row in csv.DictReader(handle)}
+
+
+def test_configuration_runs_carry_the_search_tags_and_filter_like_searches(searches, fluent):
+    runs = fluent.search_runs(
+        experiment_names=[EXPERIMENT],
+        filter_string="tags.searcher = 'tale' and tags.`tale_opt.kind` = 'configuration'",
+        output_format="list",
+    )
+    # Every configuration the TALE study evaluated, once (the second search logged none).
+    assert {r.data.tags["tale_opt.candidate"] for r in runs} == _csv_keys(searches["root"], "tale")
+    assert len(runs) == len(_csv_keys(searches["root"], "tale"))
+    parent = fluent.get_run(searches["tale"]["tracking"]["parent_run_id"]).data.tags
+    shared = ("model", "task", "searcher", "seed", "epsilon", "n_opt", "max_drop", "scoring")
+    assert {k: parent[k] for k in shared} == {
+        "model": "tiny-llama", "task": "arc_easy_cloze", "searcher": "tale", "seed": "0",
+        "epsilon": "0.08", "n_opt": "6", "max_drop": "1", "scoring": "loglik",
+    }  # fmt: skip
+    for run in runs:
+        assert {k: run.data.tags[k] for k in shared} == {k: parent[k] for k in shared}
+    one_layer = fluent.search_runs(
+        experiment_names=[EXPERIMENT],
+        filter_string="tags.searcher = 'sleb' and tags.`tale_opt.round` = '1'",
+        output_format="list",
+    )
+    assert one_layer and {r.data.tags["n_drop"] for r in one_layer} == {"1"}
+
+
+def test_configuration_runs_have_unique_readable_names(searches, fluent):
+    runs = fluent.search_runs(
+        experiment_names=[EXPERIMENT],
+        filter_string="tags.`tale_opt.kind` = 'configuration'",
+        output_format="list",
+    )
+    names = [r.info.run_name for r in runs]
+    assert len(names) == len(set(names))
+    final = searches["tale"]["final"]["drop_layers"]
+    assert f"tale drop {DropSet.of(final).key or 'none'} s0" in names
+    assert "cosine drop none (block_influence) s0" in names
+    searches_named = fluent.search_runs(
+        experiment_names=[EXPERIMENT],
+        filter_string="tags.`tale_opt.kind` = 'search'",
+        output_format="list",
+    )
+    parents = {r.info.run_name for r in searches_named}
+    assert len(parents) == 4  # the two TALE searches on one study differ by epsilon
+    assert "tale · tiny-llama · arc_easy_cloze · seed 0 · ε 0.5 · max_drop 1 · n_opt 6 · " in (
+        " ".join(parents)
+    )
+
+
+def test_every_searcher_has_a_task_accuracy_where_one_exists(searches, client):
+    # SLEB ranks by perplexity on its probe text: no optimization accuracy exists, but the
+    # configurations it reports were scored on the held-out split.
+    sleb = searches["sleb"]
+    final = _child(client, sleb, sleb["final"]["drop_layers"]).data.metrics
+    assert final["heldout.accuracy"] == sleb["final"]["heldout"]["accuracy"]
+    assert final["probe.perplexity"] == pytest.approx(-sleb["final"]["score"])
+    assert "opt.accuracy" not in final
+    # Cosine ranks by a Block Influence probe, then scores each drop set's task accuracy.
+    cosine = searches["cosine"]
+    scored = _child(client, cosine, cosine["final"]["drop_layers"]).data.metrics
+    assert scored["opt.accuracy"] == cosine["final"]["score"]
+    assert scored["heldout.accuracy"] == cosine["final"]["heldout"]["accuracy"]
+
+
+def test_probe_internals_are_an_artifact_not_metric_columns(searches, client, tmp_path):
+    cosine = searches["cosine"]
+    probe = _child(client, {**cosine, "score_probe": "block_influence"}, [])
+    assert not [k for k in probe.data.metrics if k.startswith("bi.") or "bi." in k]
+    assert probe.data.metrics["probe.n_tokens"] > 0
+    path = client.download_artifacts(probe.info.run_id, "probe_values.json", str(tmp_path))
+    values = json.loads(Path(path).read_text())
+    assert sorted(values) == [f"bi.{layer}" for layer in range(4)]
+    assert all(0.0 <= v <= 2.0 for v in values.values())  # 1 - cosine similarity
