@@ -234,3 +234,28 @@ def test_probe_internals_are_an_artifact_not_metric_columns(searches, client, tm
     values = json.loads(Path(path).read_text())
     assert sorted(values) == [f"bi.{layer}" for layer in range(4)]
     assert all(0.0 <= v <= 2.0 for v in values.values())  # 1 - cosine similarity
+
+
+# -- 5. a second search on a shared study -----------------------------------------------------
+def test_a_search_replaying_a_shared_study_links_instead_of_logging_again(searches, client):
+    first, again = searches["tale"], searches["tale_again"]
+    assert first["study"]["name"] == again["study"]["name"]  # epsilon is no part of the study
+    parent = again["tracking"]["parent_run_id"]
+    assert parent != first["tracking"]["parent_run_id"]
+    # Every evaluation it counted was the first search's: no child of its own, each linked.
+    assert _children(client, parent) == []
+    replayed = _csv_keys(searches["root"], "tale_again")
+    assert replayed and replayed <= _csv_keys(searches["root"], "tale")
+    run = client.get_run(parent)
+    assert run.data.metrics["linked_configurations"] == len(replayed)
+    assert run.data.tags["tale_opt.study"] == first["study"]["name"]
+    assert run.info.run_name != client.get_run(first["tracking"]["parent_run_id"]).info.run_name
+    assert (
+        client.get_run(first["tracking"]["parent_run_id"]).data.metrics["linked_configurations"]
+        == 0
+    )
+    # Its picks' held-out results went into the study's child runs, which hold one
+    # evaluation each whatever search asks.
+    final = again["final"]
+    child = _child(client, again, final["drop_layers"]).data.metrics
+    assert child["heldout.accuracy"] == final["heldout"]["accuracy"]
