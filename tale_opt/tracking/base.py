@@ -45,7 +45,7 @@ class Tracker(abc.ABC):
 
         Args:
             params: The resolved config, nested or flat; flattened to dotted keys.
-            tags: e.g. model, task, searcher, seed, epsilon, scoring.
+            tags: e.g. model, task, searcher, seed, epsilon, n_opt, scoring, study.
             run_name: Shown in the UI; defaults to the backend's choice.
             search_key: When a parent run with this key exists already (a resumed search),
                 reopen it instead of starting another; its recorded children are not logged
