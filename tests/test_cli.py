@@ -106,7 +106,7 @@ def test_search_end_to_end_writes_every_result_file(tiny_model_dir, tmp_path):
     for step in summary["trajectory"]:
         assert set(step["latency"]) == {"b1", "b4"}
         assert step["latency"]["b1"]["ttft_ms"] > 0
-    tflops = [step["tflops"] for step in summary["trajectory"]]
+    tflops = [step["heldout"]["tflops"] for step in summary["trajectory"]]
     assert tflops == sorted(tflops, reverse=True) and len(set(tflops)) == len(tflops)
     assert (run_dir / "trajectory.png").is_file() and (run_dir / "summary.md").is_file()
     # MLflow (the default tracking): one parent run, one child per evaluated configuration.
@@ -124,11 +124,12 @@ def test_search_end_to_end_writes_every_result_file(tiny_model_dir, tmp_path):
     by_drop = {c.tags["tale_opt.drop_key"]: c for c in children}
     for step in summary["trajectory"]:
         child = by_drop[",".join(str(i) for i in step["drop_layers"])]
-        assert child.metrics["accuracy"] == step["score"]
-        assert child.metrics["tflops"] > 0 and child.metrics["latency.b1.ttft_ms"] > 0
+        assert child.metrics["opt.accuracy"] == step["score"]
+        assert child.metrics["heldout.tflops"] == step["heldout"]["tflops"]
+        assert child.metrics["opt.tflops"] > 0 and child.metrics["latency.b1.ttft_ms"] > 0
         # Every accuracy carries its 95% interval, in MLflow too.
-        low, high = child.metrics["accuracy_ci_low"], child.metrics["accuracy_ci_high"]
-        assert (low, high) == (step["accuracy_ci_low"], step["accuracy_ci_high"])
+        low, high = child.metrics["opt.accuracy_ci_low"], child.metrics["opt.accuracy_ci_high"]
+        assert (low, high) == (step["opt"]["accuracy_ci_low"], step["opt"]["accuracy_ci_high"])
         assert low <= step["score"] <= high
     assert "best.heldout.vs_baseline.p_value" in parent.metrics
 
@@ -182,7 +183,7 @@ def test_search_reports_intervals_paired_tests_and_chance(tiny_model_dir, tmp_pa
         assert (vs["only_pick"], vs["only_baseline"], vs["n"]) == (only_pick, only_base, 10)
         assert 0.0 < vs["p_value"] <= 1.0
         assert vs["verdict"] in {"better", "worse", "no detectable difference"}
-        assert summary[pick]["accuracy_ci_low"] <= summary[pick]["score"]
+        assert summary[pick]["opt"]["accuracy_ci_low"] <= summary[pick]["score"]
     # One paired test per accepted round, on the optimization split.
     rounds = summary["rounds_vs_baseline"]
     assert [r["round"] for r in rounds] == list(range(1, len(summary["trajectory"])))
@@ -263,7 +264,9 @@ def test_tracking_none_and_report_subcommand(tiny_model_dir, tmp_path):
     proc = run_cli("report", "--tracking-uri", uri, "--out", str(report))
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (report / "comparison.md").read_text()
-    assert text.count("| tale · ") >= 2 and "Final held-out %" in text
+    assert text.count("| tale · ") >= 2 and "## Final" in text
+    # The two seeds are one group of settings: the mean over seeds counts both.
+    assert "| 0.08 | 4 | 1 / - | loglik | 2 (0, 1) |" in text.split("Over seeds (Final)")[1]
     assert (report / "comparison.png").stat().st_size > 0
     missing = run_cli("report", "--tracking-uri", uri, "--experiment", "nope", "--out",
                       str(tmp_path / "r2"))  # fmt: skip

@@ -12,7 +12,9 @@ import pytest
 from tale_opt.commands.report import main as report_main
 from tale_opt.errors import UsageError
 from tale_opt.reporting import heatmap_matrix, parse_candidates, read_candidates
-from tale_opt.reporting.compare import comparison_markdown, groups_table, search_view
+from tale_opt.reporting.compare import compare_searches, search_view
+from tale_opt.reporting.compare_plot import draw_comparison, plot_comparison
+from tale_opt.reporting.compare_tables import comparison_markdown
 from tale_opt.reporting.files import write_comparison_report
 from tale_opt.reporting.plots import (
     HEATMAP_PNG,
@@ -136,26 +138,42 @@ def test_plots_cope_with_a_sparse_summary(tmp_path):
     assert _is_png(plot_heatmap(heatmap, tmp_path / "h.png"))  # no baseline: plain colours
 
 
-def _record(run_id: str, searcher: str, seed: int, best_heldout: float, **metrics) -> RunRecord:
+def _record(
+    run_id: str,
+    searcher: str,
+    seed: int,
+    best_heldout: float,
+    *,
+    status: str = "FINISHED",
+    start_time: int = 0,
+    params: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+    **metrics,
+) -> RunRecord:
+    """A parent run as MLflow returns it, with the metric names searches log today."""
     return RunRecord(
         run_id=run_id,
         run_name=None,
-        status="FINISHED",
-        start_time=0,
-        params={},
+        status=status,
+        start_time=start_time,
+        params=params or {},
         tags={
             "model": "tiny",
             "task": "arc_easy",
             "searcher": searcher,
             "seed": str(seed),
             "tale_opt.best.drop": "2,4",
+            **(tags or {}),
         },
         metrics={
             "num_layers": 5,
+            "n_eval": 50,
             "baseline.score": 0.5,
+            "baseline.opt.accuracy": 0.5,
             "baseline.heldout.accuracy": 0.48,
             "baseline.n_dropped": 0,
             "best.score": 0.62,
+            "best.opt.accuracy": 0.62,
             "best.n_dropped": 2,
             "best.heldout.accuracy": best_heldout,
             "best.speedup_estimate": 1.67,
@@ -165,26 +183,31 @@ def _record(run_id: str, searcher: str, seed: int, best_heldout: float, **metric
     )
 
 
-def test_search_views_and_tables():
+def _section(markdown: str, pick: str) -> tuple[list[str], list[str]]:
+    """The body rows of one pick's runs table and over-seeds table."""
+    body = markdown.split(f"## {pick}\n")[1].split("\n## ")[0]
+    runs, groups = body.split("Over seeds")
+    table = lambda text: [line for line in text.splitlines() if line.startswith("| ")]  # noqa: E731
+    return table(runs)[1:], table(groups)[1:]  # without the head (the alignment row is "|---")
+
+
+def test_search_views_and_one_table_per_pick():
     runs = [
         _record(
-            "a" * 32,
-            "tale",
-            0,
-            0.50,
+            "a" * 32, "tale", 0, 0.50,
             **{
                 "best.speedup_measured": 1.4,
-                "best.tflops": 2.0,
-                "best.heldout.n_correct": 25,
-                "best.heldout.n_examples": 50,
+                "best.opt.accuracy_ci_low": 0.5, "best.opt.accuracy_ci_high": 0.7,
+                "best.heldout.tflops_per_example": 2.0,
+                "best.heldout.n_correct": 25, "best.heldout.n_examples": 50,
                 "best.heldout.vs_baseline.only_pick": 6,
                 "best.heldout.vs_baseline.only_baseline": 5,
                 "best.heldout.vs_baseline.p_value": 1.0,
             },
-        ),  # fmt: skip
+        ),
         _record("b" * 32, "tale", 1, 0.54),
         _record("c" * 32, "sleb", 0, 0.40),
-    ]
+    ]  # fmt: skip
     views = [search_view(r) for r in runs]
     first = views[0]
     assert (first.model, first.task, first.searcher, first.seed) == (
@@ -196,44 +219,141 @@ def test_search_views_and_tables():
     assert first.picks["best"].speedup == 1.4 and first.picks["best"].speedup_measured
     assert not views[1].picks["best"].speedup_measured
     assert first.trajectory == [(0, 0.5), (1, 0.6), (2, 0.62)]
-    markdown = comparison_markdown(views)
-    # One row per pick, the search's own columns on its first: held-out accuracy with its
-    # 95% interval where the counts were logged, and the paired test against Baseline.
-    assert "| aaaaaaaa | tale · tiny · arc_easy · s0 | 5 | Baseline | 0 | 50.0 | 48.0 | — |" in (
-        markdown
-    )
-    assert "|  |  |  | Best | 2 (2,4) | 62.0 | 50.0 [36.6, 63.4] | +6/−5, p = 1.00 | 1.40× |" in (
-        markdown
-    )
-    table = markdown.split("## Runs")[1].split("##")[0].strip().splitlines()
-    assert all(line.count("|") == 11 for line in table), "ten columns"
-    assert len(table) == 2 + 4 * len(views)  # Baseline, Best, BSBA, Final per search
     assert first.picks["best"].heldout_test == (6, 5, 1.0)
     assert views[1].picks["best"].heldout_interval is None
-    assert "1.40× |" in markdown and "1.67× (est.)" in markdown
-    groups = groups_table(views)
-    assert "| tiny | arc_easy | tale | 2 | 48.0 ± 0.0 | 52.0 ± 2.8 | 2.0 ± 0.0 |" in groups
-    assert "| tiny | arc_easy | sleb | 1 | 48.0 | 40.0 | 2.0 |" in groups
+    markdown = comparison_markdown(compare_searches(views))
+    assert [line for line in markdown.splitlines() if line.startswith("## ")] == [
+        "## Baseline", "## Best", "## BSBA", "## AE-HM", "## Final",
+    ]  # fmt: skip
+    rows, means = _section(markdown, "Best")
+    assert len(rows) == 3 and all(row.count("|") == 15 for row in rows), "14 columns"
+    assert rows[0].startswith("| cccccccc | sleb · tiny · arc_easy |")  # ordered by group
+    assert rows[1] == (
+        "| aaaaaaaa | tale · tiny · arc_easy | - | - | - / - | - | 0 | FINISHED | 2 (2,4) "
+        "| 62.0 [50.0, 70.0] | 50.0 [36.6, 63.4] | +6/−5, p = 1.00 | 1.40× | 2 |"
+    )
+    assert "| 1.67× (est.) | - |" in rows[2]
+    # Over seeds: model × task × searcher here (no other setting differs).
+    assert means == [
+        "| sleb · tiny · arc_easy | - | - | - / - | - | 1 (0) | 2.0 | 62.0 | 40.0 | - |",
+        "| tale · tiny · arc_easy | - | - | - / - | - | 2 (0, 1) | 2.0 ± 0.0 | 62.0 ± 0.0 "
+        "| 52.0 ± 2.8 | - |",
+    ]
 
 
-def test_searches_without_a_result_are_named_not_tabulated():
-    """An interrupted search has a parent run but no summary: no row of dashes for it."""
-    done = _record("a" * 32, "tale", 0, 0.50)
+def test_runs_logged_before_metrics_were_named_by_split_are_read():
+    old = RunRecord(
+        run_id="e" * 32, run_name=None, status="FINISHED", start_time=0, params={},
+        tags={"model": "tiny", "task": "arc_easy", "searcher": "tale", "seed": "0"},
+        metrics={
+            "n_eval": 40, "best.score": 0.6, "best.n_dropped": 1, "best.tflops": 8.0,
+            "best.accuracy_ci_low": 0.4, "best.accuracy_ci_high": 0.75,
+            "best.heldout.accuracy": 0.5,
+        },
+    )  # fmt: skip
+    best = search_view(old).picks["best"]
+    assert best.opt_accuracy == 0.6 and best.opt_interval == (0.4, 0.75)
+    assert best.tflops_per_example == pytest.approx(8.0 / 40)  # the held-out total, then
+    perplexity = RunRecord(
+        **{**old.__dict__, "tags": {**old.tags, "tale_opt.score_probe": "perplexity"}}
+    )
+    assert search_view(perplexity).picks["best"].opt_accuracy is None  # -perplexity
+
+
+def _ablation_run(run_id, epsilon, seed, held, correct, **options) -> RunRecord:
+    params = {
+        "searcher.name": "tale", "searcher.epsilon": str(epsilon), "n_opt": "48",
+        "searcher.max_drop": "2", "searcher.n_drop": "null", "eval.scoring": "loglik",
+        "n_eval": "50", "seed": str(seed), "searcher.seed": str(seed),
+        "storage.path": f"/runs/{run_id}.db", "workers": "0",  # where, not what: no group
+    }  # fmt: skip
+    return _record(
+        run_id, "tale", seed, held, params=params, tags={"epsilon": str(epsilon)},
+        **{"best.heldout.n_correct": correct, "best.heldout.n_examples": 50}, **options,
+    )  # fmt: skip
+
+
+def test_an_ablation_is_grouped_by_every_setting_but_the_seed_each_seed_once():
+    runs = [
+        _ablation_run("a0" * 16, 0.04, 0, 0.50, 25),
+        _ablation_run("a1" * 16, 0.04, 1, 0.60, 30),
+        # Killed after its result (a resumed search): shown with its status, out of the means.
+        _ablation_run("a2" * 16, 0.04, 2, 0.90, 45, status="KILLED"),
+        _ablation_run("b0" * 16, 0.08, 0, 0.40, 20, start_time=1),
+        _ablation_run("b1" * 16, 0.08, 1, 0.30, 15, start_time=1),
+        _ablation_run("c1" * 16, 0.08, 1, 0.50, 25, start_time=2),  # a rerun of seed 1
+    ]
     interrupted = RunRecord(
         run_id="d" * 32, run_name=None, status="KILLED", start_time=0, params={},
-        tags={"model": "tiny", "task": "arc_easy", "searcher": "tale", "seed": "1"},
+        tags={"model": "tiny", "task": "arc_easy", "searcher": "tale", "seed": "3"},
         metrics={},
     )  # fmt: skip
-    views = [search_view(r) for r in (done, interrupted)]
-    assert views[0].has_result and not views[1].has_result
-    markdown = comparison_markdown(views)
-    assert "dddddddd" not in markdown.split("## Runs")[1], "not in the tables"
-    assert (
-        "Left out: 1 search(es) without a result, interrupted or still running: dddddddd "
-        "(tale · tiny · arc_easy · s1, KILLED)" in markdown
+    comparison = compare_searches(search_view(r) for r in [*runs, interrupted])
+    assert [g.settings for g in comparison.groups] == [
+        {"epsilon": eps, "n_opt": "48", "max_drop": "2", "scoring": "loglik"}
+        for eps in ("0.04", "0.08")
+    ]
+    assert [[m.seed for m in g.members] for g in comparison.groups] == [
+        ["0", "1", "2"],
+        ["0", "1"],
+    ]
+    assert [v.run_id for v in comparison.superseded] == ["b1" * 16]
+    assert [v.run_id for v in comparison.unfinished] == ["d" * 32]
+    markdown = comparison_markdown(comparison)
+    assert "Replaced by a rerun of the same settings and seed (each seed counts once): 1 " in (
+        markdown
     )
-    assert "1 search(es)" in markdown and "| aaaaaaaa |" in markdown
-    assert "| tiny | arc_easy | tale | 1 |" in markdown  # the mean over seeds: one search
+    assert (
+        "left out of the means over seeds: 1 search(es) that did not end as FINISHED: a2a2a2a2"
+        in (markdown)
+    )
+    rows, means = _section(markdown, "Best")
+    assert len(rows) == 5 and not any("b1b1b1b1 " in r for r in rows)
+    assert "| a2a2a2a2 | tale · tiny · arc_easy | 0.04 | 48 | 2 / - | loglik | 2 | KILLED |" in (
+        "\n".join(rows)
+    )
+    # Means over the finished seeds: 0.04 -> 50 and 60 (not the killed 90); 0.08 -> 40 and
+    # the rerun's 50; pooled: all their held-out examples together, with a Wilson interval.
+    assert means == [
+        "| tale · tiny · arc_easy | 0.04 | 48 | 2 / - | loglik | 2 (0, 1) | 2.0 ± 0.0 "
+        "| 62.0 ± 0.0 | 55.0 ± 7.1 | 55.0 [45.2, 64.4] |",
+        "| tale · tiny · arc_easy | 0.08 | 48 | 2 / - | loglik | 2 (0, 1) | 2.0 ± 0.0 "
+        "| 62.0 ± 0.0 | 45.0 ± 7.1 | 45.0 [35.6, 54.8] |",
+    ]
+    assert "dddddddd" not in markdown.split("## Baseline")[1]
+
+
+def test_the_comparison_plot_tells_every_series_apart(tmp_path):
+    """Six series on exactly the same points: each keeps its own colour and marker, and the
+    legend covers none of the data."""
+    runs = [
+        _ablation_run(f"{i:02d}" * 16, eps, seed, 0.5, 25)
+        for i, (eps, seed) in enumerate(
+            (eps, seed) for eps in (0.01, 0.02, 0.04, 0.08, 0.16, 0.32) for seed in (0, 1)
+        )
+    ]
+    comparison = compare_searches(search_view(r) for r in runs)
+    assert len(comparison.groups) == 6
+    fig = draw_comparison(comparison)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    left, right = fig.axes
+    styles = {
+        (line.get_color() if isinstance(line.get_color(), str) else tuple(line.get_color()),
+         line.get_marker())
+        for line in left.lines
+        if line.get_marker() not in (None, "None", "")
+    }  # fmt: skip
+    assert len(styles) == 6
+    assert len({c for c, _ in styles}) == 6 and len({m for _, m in styles}) == 6
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        f"tale · ε {eps}" for eps in ("0.01", "0.02", "0.04", "0.08", "0.16", "0.32")
+    ]
+    box = legend.get_window_extent(renderer)
+    for ax in (left, right):
+        assert not box.overlaps(ax.get_window_extent(renderer))
+    assert _is_png(plot_comparison(comparison, tmp_path / "comparison.png"))
 
 
 def test_a_report_of_only_unfinished_searches_is_a_usage_error(tmp_path):

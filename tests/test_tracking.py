@@ -60,8 +60,8 @@ SUMMARY = {
         "n_dropped": 1,
         "score": 0.6,
         "speedup_estimate": 1.2,
-        "heldout": {"accuracy": 0.55, "invalid_rate": 0.0},
-        "tflops": 0.8,
+        "opt": {"accuracy": 0.6, "tflops_per_example": 0.3},
+        "heldout": {"accuracy": 0.55, "invalid_rate": 0.0, "tflops_per_example": 0.8},
     },
 }
 
@@ -131,8 +131,12 @@ def test_search_tags_come_from_the_config():
 
 def test_summary_becomes_parent_metrics():
     metrics = summary_metrics(SUMMARY)
-    assert metrics["baseline_accuracy"] == 0.5 and metrics["threshold"] == 0.42
-    assert metrics["best.heldout.accuracy"] == 0.55 and metrics["best.tflops"] == 0.8
+    assert metrics["threshold"] == 0.42 and metrics["baseline.score"] == 0.5
+    # Each split's numbers under its own name; a probe searcher's score is no accuracy.
+    assert metrics["best.heldout.accuracy"] == 0.55 and metrics["best.opt.accuracy"] == 0.6
+    assert metrics["best.heldout.tflops_per_example"] == 0.8
+    assert metrics["best.opt.tflops_per_example"] == 0.3
+    assert "baseline_accuracy" not in metrics
     assert metrics["best.n_dropped"] == 1.0 and "best.drop_layers" not in metrics
 
 

@@ -98,11 +98,10 @@ def test_a_candidate_evaluated_in_full_after_pruning_shows_the_full_result_every
     for key, child in children.items():
         assert child.tags["tale_opt.status"] == "complete"
         assert child.tags["tale_opt.candidate"] == f"task_accuracy:{key}"
-        assert child.metrics["score"] == full[key]
-        assert child.metrics["n_correct"] == full[key] * 8
+        assert child.metrics["opt.n_correct"] == full[key] * 8
         if key in redone:  # what only the stopped evaluation had says nothing now
-            assert math.isnan(child.metrics["n_seen"])
-            assert math.isnan(child.metrics["n_correct_so_far"])
+            assert math.isnan(child.metrics["opt.n_seen"])
+            assert math.isnan(child.metrics["opt.n_correct_so_far"])
 
     # The heatmap's cells come from the CSV: full scores, none marked pruned.
     heatmap = heatmap_matrix(read_candidates(out / "candidate_results.csv"), num_layers=4)

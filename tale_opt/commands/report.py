@@ -6,8 +6,9 @@
     python -m tale_opt report --tracking-uri http://mlflow:5000 --experiment tale_opt --out r/
     python -m tale_opt report --stability --filter "tags.task = 'arc_easy'" --out reports/stab
 
-Writes comparison.md (one row per search; means over seeds per model × task × searcher) and
-comparison.png into --out, and prints the markdown. With --stability it writes stability.md
+Writes comparison.md (per pick: one row per search with its settings and status, and the
+means over seeds per group of settings, every setting but the seed) and comparison.png into
+--out, and prints the markdown. With --stability it writes stability.md
 and stability.png instead: for searches that differ only in seed and n_opt (a multirun such as
 `-m seed=0,1,2,3,4 n_opt=32,64,128,256`), per n_opt how often each layer is in the Final drop
 set across seeds, the mean pairwise Jaccard similarity of those sets, and the spread of the

@@ -46,6 +46,11 @@ def main(argv: Sequence[str]) -> None:
         if debug:
             raise
         fail(_hydra_errors(err), debug)
+    from tale_opt.commands.sweep import sweep_failure
+
+    failure = sweep_failure()  # a multirun whose table is printed, but not every job finished
+    if failure is not None:
+        fail(failure, debug)
 
 
 def register_resolvers() -> None:
@@ -100,11 +105,13 @@ def _hydra_errors(err: Exception) -> UsageError:
     raise err
 
 
-def _search(cfg: Any) -> None:  # the Hydra task function
+def _search(cfg: Any) -> dict[str, str]:  # the Hydra task function
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from hydra.utils import get_original_cwd
     from omegaconf import OmegaConf
 
+    from tale_opt.commands import sweep
     from tale_opt.commands.run_dirs import discard_if_bare
 
     global _job_started
@@ -124,9 +131,12 @@ def _search(cfg: Any) -> None:  # the Hydra task function
     except BaseException as err:
         if not debug:  # a run that did no work leaves no directory behind; the error says why
             discard_if_bare(out_dir, log_name=f"{hydra_cfg.job.name}.log")
+        if hydra_cfg.mode == RunMode.MULTIRUN and isinstance(err, Exception):
+            return sweep.failed_job(err, debug)  # the next job runs (Ctrl-C still stops)
         if isinstance(err, UsageError | SearchFailed):
             fail(err, debug)
         raise
+    return sweep.finished_job()
 
 
 def mask_hydra_files(hydra_cfg: Any) -> None:

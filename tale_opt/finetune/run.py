@@ -36,6 +36,7 @@ from tale_opt.finetune.merge import merge_adapter
 from tale_opt.finetune.train import train
 from tale_opt.model.loading import ModelSpec, load_model, model_skeleton, resolve_device
 from tale_opt.model.surgery import num_decoder_layers
+from tale_opt.pipeline.outputs import heldout_tflops
 from tale_opt.pipeline.significance import chance_level
 from tale_opt.tasks.registry import build_task, load_splits
 from tale_opt.tracking.finetune_run import FinetuneRun
@@ -185,10 +186,12 @@ def _search_heldout(job: FinetuneJob) -> tuple[dict, list[dict]] | None:
     entry = summary.get(pick) or {}
     if rows_file is None:
         return None
-    if "heldout" not in entry or "tflops" not in entry:
+    tflops = heldout_tflops(entry)
+    if "heldout" not in entry or tflops is None:
         return None
-    record = {k: v for k, v in entry["heldout"].items() if k != "vs_baseline"}
-    record["tflops_per_example"] = entry["tflops"] / max(1, summary["n_eval"])
+    skip = ("vs_baseline", "tflops", "tflops_per_example")
+    record = {k: v for k, v in entry["heldout"].items() if k not in skip}
+    record["tflops_per_example"] = tflops / max(1, summary["n_eval"])
     record["scored_by"] = str(run_dir)
     rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
     return record, rows

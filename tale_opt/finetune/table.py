@@ -13,7 +13,7 @@ from typing import Any
 from tale_opt.finetune import outputs as ft_outputs
 from tale_opt.finetune.heldout import paired_by_id, search_predictions_file
 from tale_opt.finetune.lineage import Lineage
-from tale_opt.pipeline.outputs import write_json_atomic, write_text_atomic
+from tale_opt.pipeline.outputs import heldout_tflops, write_json_atomic, write_text_atomic
 from tale_opt.stats import format_accuracy, format_p
 from tale_opt.types import DropSet
 
@@ -48,7 +48,7 @@ def _search_row(stage: str, summary: Mapping[str, Any], pick: str, out: Path,
         "accuracy": held.get("accuracy"),
         "ci_low": held.get("accuracy_ci_low"),
         "ci_high": held.get("accuracy_ci_high"),
-        "tflops_per_example": entry.get("tflops", 0.0) / max(1, summary["n_eval"]),
+        "tflops_per_example": (heldout_tflops(entry) or 0.0) / max(1, summary["n_eval"]),
         "predictions": str(search_predictions_file(out, summary, pick)),
         "wall_s": (summary.get("timings") or {}).get("total_s"),
     }

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tale_opt.credentials import mask_values
-from tale_opt.types import Observation, Status
+from tale_opt.types import TASK_ACCURACY, Observation, Status
 
 CANDIDATE_FIELDS = (
     "round", "drop_key", "n_dropped", "probe", "status", "score", "accuracy", "accuracy_ci_low",
@@ -58,15 +58,46 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
+# Where an evaluation's metrics sit in a record (and, flattened, in MLflow): named by what
+# they were measured on, so no name ever holds two splits' values.
+OPT = "opt"  # the optimization split (task accuracy, its interval, TFLOPs of scoring it, ...)
+HELDOUT = "heldout"  # the held-out split, evaluated once after the search
+PROBE = "probe"  # a text probe (perplexity, Block Influence, ...) on the probe text
+
+
 def observation_record(obs: Observation) -> dict[str, Any]:
-    """JSON-friendly view of an observation (same field names as the reference's files)."""
+    """JSON-friendly view of an observation: its drop set, status and score, and its metrics
+    under `OPT` (task accuracy on the optimization split) or `PROBE` (a text probe)."""
+    metrics = dict(obs.metrics)
+    if obs.candidate.probe != TASK_ACCURACY:
+        section = PROBE
+    else:
+        section = OPT
+        if metrics.get("tflops") is not None and metrics.get("n_examples"):
+            metrics["tflops_per_example"] = metrics["tflops"] / metrics["n_examples"]
     return {
         "drop_layers": list(obs.drop.layers),
         "n_dropped": len(obs.drop),
         "status": obs.status.value,
         "score": obs.score,
-        **dict(obs.metrics),
+        section: metrics,
     }
+
+
+def opt_metrics(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The optimization-split metrics of a summary.json or accepted_configs.json record
+    (files written before metrics were named by split hold them at the top level)."""
+    section = record.get(OPT)
+    return section if isinstance(section, Mapping) else record
+
+
+def heldout_tflops(record: Mapping[str, Any]) -> float | None:
+    """TFLOPs of evaluating the held-out split with a pick's drop set (files written before
+    metrics were named by split have them as the pick's top-level ``tflops``)."""
+    held = record.get(HELDOUT)
+    if isinstance(held, Mapping) and held.get("tflops") is not None:
+        return float(held["tflops"])
+    return None if record.get("tflops") is None else float(record["tflops"])
 
 
 def _csv_row(obs: Observation, fields: Sequence[str]) -> dict[str, str]:

@@ -59,7 +59,7 @@ def run(
             plan.config, task=plan.task, splits=plan.splits, progress=True
         )
     open_search_study(plan)
-    tracking = SearchTracking.start(cfg, launch_dir=launch_dir, run_name=plan.study_name)
+    tracking = SearchTracking.start(cfg, launch_dir=launch_dir, study=plan.study_name)
     try:
         summary = _run(plan, evaluate, tracking, Path(out_dir), started)
     except KeyboardInterrupt:
@@ -89,7 +89,6 @@ def _run(
         if prepared is None:  # workers=N: the model was loaded only now
             prepared = evaluator.prepare(plan.splits.evaluation, split="held-out")
         costs = accepted_costs(evaluator, result.trajectory, plan.latency, prepared)
-        tracking.log_costs(result.trajectory, costs)
         picks = pick_configurations(result, plan.num_layers, plan.lam, costs)
         measured = time.perf_counter()
         heldout = evaluate_heldout(evaluator, prepared, picks, writer)

@@ -13,7 +13,7 @@ from typing import Any
 
 from searchers.selection import layer_count_speedup, pick_ae_hm
 from tale_opt.pipeline.candidates import prediction_rows
-from tale_opt.pipeline.outputs import RunWriter, observation_record
+from tale_opt.pipeline.outputs import HELDOUT, RunWriter, observation_record
 from tale_opt.pipeline.significance import (
     chance_level,
     heldout_record,
@@ -100,19 +100,37 @@ def pick_configurations(
     }
 
 
+def with_costs(
+    record: Mapping[str, Any],
+    cost: Mapping[str, Any],
+    n_eval: int,
+    heldout: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`record` with an accepted configuration's costs: latency and measured speed-up as they
+    are, the TFLOPs of evaluating the held-out split under `HELDOUT` beside that split's
+    `heldout` metrics (the record's optimization TFLOPs stay under `OPT`)."""
+    cost = dict(cost)
+    held = dict(heldout or {})
+    tflops = cost.pop("tflops", None)
+    if tflops is not None:
+        held["tflops"] = tflops
+        held["tflops_per_example"] = tflops / max(1, n_eval)
+    return {**record, **cost, **({HELDOUT: held} if held else {})}
+
+
 def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
     """summary.json: the search's settings, trajectory and every pick with its held-out metrics."""
     cfg, task, splits, num_layers = plan.cfg, plan.task, plan.splits, plan.num_layers
     estimate = layer_count_speedup(num_layers)
+    n_eval = len(splits.evaluation)
     configs = {}
     for name, obs in picks.items():
-        configs[name] = {
+        record = {
             **observation_record(obs),
             "n_layers": num_layers - len(obs.drop),
             "speedup_estimate": round(estimate(obs), 4),
-            **costs.get(obs.drop, {}),
-            "heldout": heldout[name],
         }
+        configs[name] = with_costs(record, costs.get(obs.drop, {}), n_eval, heldout[name])
     scoring = cfg["eval"].get("scoring")
     chance = {
         "optimization": chance_level(task, splits.optimization),
@@ -149,7 +167,8 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
         "stop_reason": result.stop_reason,
         "ae_hm_lambda": plan.lam,
         "trajectory": [
-            {**observation_record(obs), **costs.get(obs.drop, {})} for obs in result.trajectory
+            with_costs(observation_record(obs), costs.get(obs.drop, {}), n_eval)
+            for obs in result.trajectory
         ],
         # 95% Wilson intervals (accuracy_ci_low/high) on every accuracy; paired exact McNemar
         # tests against the Baseline at this level.

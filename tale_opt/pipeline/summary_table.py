@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tale_opt.pipeline.outputs import opt_metrics
 from tale_opt.pipeline.significance import round_sentence
 from tale_opt.stats import accuracy_interval, format_accuracy, format_p
 
@@ -74,7 +75,8 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
         score = cfg.get("score")
         if not accuracy:
             return "-" if score is None else f"{-score:.2f}"
-        return format_accuracy(score, accuracy_interval(cfg) if score is not None else None, unit)
+        interval = accuracy_interval(opt_metrics(cfg)) if score is not None else None
+        return format_accuracy(score, interval, unit)
 
     baseline = summary.get("baseline") or {}
     opt_baseline = opt({**baseline, "score": summary["baseline_accuracy"]}, "%")

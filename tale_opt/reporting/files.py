@@ -11,11 +11,11 @@ from tale_opt.errors import UsageError
 from tale_opt.reporting.compare import (
     COMPARISON_MD,
     COMPARISON_PNG,
-    comparison_markdown,
-    left_out_note,
+    compare_searches,
     search_view,
 )
 from tale_opt.reporting.compare_plot import plot_comparison
+from tale_opt.reporting.compare_tables import comparison_markdown, notes
 from tale_opt.reporting.stability import (
     FINISHED_METRIC,
     STABILITY_MD,
@@ -30,15 +30,19 @@ from tale_opt.reporting.stability_plot import plot_stability
 def write_comparison_report(
     records: Sequence[Any], out_dir: str | Path, *, source: str = ""
 ) -> tuple[Path, Path]:
-    """Write comparison.md and comparison.png for `records` (parent runs) into `out_dir`."""
-    views = [search_view(r) for r in records]
-    if not any(v.has_result for v in views):
-        raise UsageError(f"nothing to compare: {left_out_note(views)}")
+    """Write comparison.md and comparison.png for `records` (parent runs) into `out_dir`.
+
+    Raises:
+        UsageError: None of `records` has a result.
+    """
+    comparison = compare_searches(search_view(r) for r in records)
+    if not comparison.shown:
+        raise UsageError(f"nothing to compare: {' '.join(notes(comparison))}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = out / COMPARISON_MD
-    md.write_text(comparison_markdown(views, source))
-    png = plot_comparison([v for v in views if v.has_result], out / COMPARISON_PNG)
+    md.write_text(comparison_markdown(comparison, source))
+    png = plot_comparison(comparison, out / COMPARISON_PNG)
     return md, png
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tale_opt.pipeline.outputs import opt_metrics
 from tale_opt.reporting._mpl import pyplot, save
 from tale_opt.reporting.heatmap import Candidate, Heatmap, heatmap_matrix, read_candidates
 from tale_opt.stats import accuracy_interval
@@ -53,7 +54,7 @@ def plot_trajectory(
     ys = [scale * obs["score"] for obs in trajectory]
     ax.plot(xs, ys, "-o", color="tab:blue", ms=4, label="accepted (optimization)", zorder=3)
     if accuracy:  # 95% Wilson intervals as a band around the accepted trajectory
-        bounds = [accuracy_interval(obs) for obs in trajectory]
+        bounds = [accuracy_interval(opt_metrics(obs)) for obs in trajectory]
         if bounds and all(b is not None for b in bounds):
             ax.fill_between(
                 xs, [100 * b[0] for b in bounds], [100 * b[1] for b in bounds],

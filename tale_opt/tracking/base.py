@@ -45,7 +45,7 @@ class Tracker(abc.ABC):
 
         Args:
             params: The resolved config, nested or flat; flattened to dotted keys.
-            tags: e.g. model, task, searcher, seed, epsilon, scoring.
+            tags: e.g. model, task, searcher, seed, epsilon, n_opt, scoring, study.
             run_name: Shown in the UI; defaults to the backend's choice.
             search_key: When a parent run with this key exists already (a resumed search),
                 reopen it instead of starting another; its recorded children are not logged
@@ -63,13 +63,19 @@ class Tracker(abc.ABC):
         *,
         status: str = "complete",
         probe: str = "task_accuracy",
+        tags: Mapping[str, str] | None = None,
+        run_name: str | None = None,
+        artifacts: Mapping[str, Any] | None = None,
     ) -> str | None:
         """Record one evaluated configuration as a child run of `parent_run_id`.
 
         One child run per (parent, drop key, probe), found by its candidate tag within a
         process and across a resume: a configuration that already has a child run is not
         logged again and its run id is returned, except that a pruned child (an upper bound)
-        is updated in place with a complete result when one comes.
+        is updated in place with a complete result when one comes. When the parent is
+        tagged with a study (`records.STUDY_TAG`), a configuration another search of that
+        study has logged already is not logged again either: its run id is returned (and
+        counted in `linked`), since a study's evaluation is the same for every search on it.
 
         Args:
             parent_run_id: From `start_search`; None records nothing.
@@ -80,7 +86,16 @@ class Tracker(abc.ABC):
             status: "complete", or "pruned" when the score is an upper bound.
             probe: What scored it; a probe of the full model (one-shot searchers) and its
                 task accuracy are two child runs.
+            tags: More tags of the child run (e.g. the parent's model, task, searcher, seed).
+            run_name: Shown in the UI; default ``round R drop K``.
+            artifacts: File name -> JSON-able content, stored with the child run (values
+                too many to be metric columns, such as a probe's per-layer values).
         """
+
+    def linked(self, parent_run_id: str | None) -> int:
+        """How many configurations of `parent_run_id` were found logged by another search
+        of its study (not logged again). 0 when nothing is known."""
+        return 0
 
     @abc.abstractmethod
     def log_metrics(
@@ -117,6 +132,9 @@ class NullTracker(Tracker):
         *,
         status="complete",
         probe="task_accuracy",
+        tags=None,
+        run_name=None,
+        artifacts=None,
     ) -> None:
         return None
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,6 +83,10 @@ class MlflowTracker(Tracker):
         self._run_experiment: dict[str, str] = {}
         self._children: dict[str, dict[str, str]] = {}  # parent -> child key -> child run
         self._child_status: dict[str, str] = {}  # child run -> status it was logged with
+        self._study: dict[str, str] = {}  # parent -> its study (STUDY_TAG), when tagged
+        # parent -> child key -> child run logged by another search of the parent's study
+        self._shared: dict[str, dict[str, str]] = {}
+        self._linked: dict[str, set[str]] = {}  # parent -> child keys found in `_shared`
         self._failures = 0
         self._disabled = False
 
@@ -191,6 +195,37 @@ class MlflowTracker(Tracker):
     def _load_children(self, parent_run_id: str) -> dict[str, str]:
         experiment_id = self._run_experiment[parent_run_id]
         found = self._search(experiment_id, f"tags.`{rec.PARENT_TAG}` = '{parent_run_id}'")
+        return self._child_keys(found)
+
+    def _load_shared(self, parent_run_id: str, candidate: str | None = None) -> dict[str, str]:
+        """Children that other searches of the parent's study logged (one `candidate`'s, or
+        all); empty when the parent has no study tag."""
+        study = self._study.get(parent_run_id)
+        if study is None:
+            return {}
+        condition = (
+            f"tags.`{rec.STUDY_TAG}` = '{study}' and tags.`{rec.KIND_TAG}` = 'configuration'"
+        )
+        if candidate is not None:
+            condition += f" and tags.`{rec.CANDIDATE_TAG}` = '{candidate}'"
+        found = self._search(self._run_experiment[parent_run_id], condition)
+        others = [r for r in found if r.data.tags.get(rec.PARENT_TAG) != parent_run_id]
+        # Newest first: where two searches logged one configuration, the oldest one's wins.
+        others.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+        return self._child_keys(others)
+
+    def _attach(self, parent_run_id: str, experiment_id: str, tags: Mapping[str, str]) -> None:
+        """Remember a parent's experiment, study and existing children (its own and its
+        study's)."""
+        self._run_experiment[parent_run_id] = experiment_id
+        study = tags.get(rec.STUDY_TAG)
+        if study and "'" not in study:  # a quote cannot be matched in a filter string
+            self._study[parent_run_id] = study
+        self._children[parent_run_id] = self._load_children(parent_run_id)
+        self._shared[parent_run_id] = self._load_shared(parent_run_id)
+        self._linked.setdefault(parent_run_id, set())
+
+    def _child_keys(self, found: Iterable[Any]) -> dict[str, str]:
         children = {}
         for run in found:
             tags = run.data.tags
@@ -253,8 +288,7 @@ class MlflowTracker(Tracker):
                 run = client.create_run(experiment_id, tags=_tags(all_tags), run_name=run_name)
                 run_id = run.info.run_id
                 self._log_batch(run_id, params=flat)
-            self._run_experiment[run_id] = experiment_id
-            self._children[run_id] = self._load_children(run_id) if previous else {}
+            self._attach(run_id, experiment_id, all_tags)
             return run_id
 
         self.parent_run_id = self._guard("start the search's parent run", start)
@@ -265,8 +299,7 @@ class MlflowTracker(Tracker):
 
         def learn() -> None:
             run = self._client().get_run(parent_run_id)
-            self._run_experiment[parent_run_id] = run.info.experiment_id
-            self._children[parent_run_id] = self._load_children(parent_run_id)
+            self._attach(parent_run_id, run.info.experiment_id, run.data.tags)
 
         self._guard(f"attach to parent run {parent_run_id}", learn)
 
@@ -280,6 +313,9 @@ class MlflowTracker(Tracker):
         *,
         status: str = "complete",
         probe: str = rec.TASK_ACCURACY,
+        tags: Mapping[str, str] | None = None,
+        run_name: str | None = None,
+        artifacts: Mapping[str, Any] | None = None,
     ) -> str | None:
         if parent_run_id is None or self._disabled:
             return None
@@ -296,6 +332,18 @@ class MlflowTracker(Tracker):
             "n_dropped": float(n_dropped),
             "round": float(round),
         }
+        candidate = Candidate(DropSet.parse(drop_key), probe).key
+        if key not in known and parent_run_id in self._study:
+            shared = self._shared.setdefault(parent_run_id, {})
+            if key not in shared:  # another search of the study may have logged it since
+                found = self._guard(
+                    f"look up configuration {drop_key or 'baseline'!r} in the study",
+                    lambda: self._load_shared(parent_run_id, candidate),
+                )
+                shared.update(found or {})
+            if key in shared:
+                self._linked.setdefault(parent_run_id, set()).add(key)
+                known = shared
         if key in known:
             run_id = known[key]
             if self._child_status.get(run_id) == Status.PRUNED.value != status:
@@ -309,24 +357,31 @@ class MlflowTracker(Tracker):
             return run_id
 
         def log() -> str:
-            tags = {
+            child_tags = {
+                **(tags or {}),
                 rec.PARENT_TAG: parent_run_id,
                 rec.KIND_TAG: "configuration",
-                rec.CANDIDATE_TAG: Candidate(DropSet.parse(drop_key), probe).key,
+                rec.CANDIDATE_TAG: candidate,
                 rec.DROP_KEY_TAG: drop_key,
                 rec.ROUND_TAG: str(round),
                 rec.STATUS_TAG: status,
                 rec.PROBE_TAG: probe,
             }
-            name = f"round {round} drop {drop_key or 'none'}"
-            if probe != rec.TASK_ACCURACY:
+            if parent_run_id in self._study:
+                child_tags[rec.STUDY_TAG] = self._study[parent_run_id]
+            name = run_name or f"round {round} drop {drop_key or 'none'}"
+            if run_name is None and probe != rec.TASK_ACCURACY:
                 name += f" ({probe})"
             experiment_id = self._run_experiment[parent_run_id]
-            run_id = self._client().create_run(experiment_id, tags=tags, run_name=name).info.run_id
+            client = self._client()
+            run_id = client.create_run(experiment_id, tags=_tags(child_tags), run_name=name)
+            run_id = run_id.info.run_id
             extra = rec.flatten_params(params or {})
             flat = {"drop_layers": drop_key or "none", "round": str(round), **extra}
             self._log_batch(run_id, metrics=values, params=flat)
-            self._client().set_terminated(run_id, "FINISHED")
+            for file_name, content in (artifacts or {}).items():
+                client.log_dict(run_id, content, file_name)
+            client.set_terminated(run_id, "FINISHED")
             return run_id
 
         run_id = self._guard(f"log configuration {drop_key or 'baseline'!r}", log)
@@ -334,6 +389,9 @@ class MlflowTracker(Tracker):
             known[key] = run_id
             self._child_status[run_id] = status
         return run_id
+
+    def linked(self, parent_run_id: str | None) -> int:
+        return len(self._linked.get(parent_run_id or "", ()))
 
     def log_metrics(
         self, metrics: Mapping[str, Any], *, run_id: str | None = None, step: int | None = None

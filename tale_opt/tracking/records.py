@@ -29,6 +29,7 @@ CANDIDATE_TAG = "tale_opt.candidate"  # child: the candidate key (probe:drop key
 ROUND_TAG = "tale_opt.round"
 STATUS_TAG = "tale_opt.status"
 PROBE_TAG = "tale_opt.probe"  # what scored the configuration (task_accuracy, perplexity, ...)
+STUDY_TAG = "tale_opt.study"  # the Optuna study a search (and its configurations) belong to
 SCORE_PROBE_TAG = "tale_opt.score_probe"  # parent: what its picks' optimization scores are
 TASK_ACCURACY = "task_accuracy"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
@@ -43,6 +44,9 @@ SEARCH_TAGS = {
     "searcher.name": "searcher",
     "seed": "seed",
     "searcher.epsilon": "epsilon",
+    "n_opt": "n_opt",
+    "searcher.max_drop": "max_drop",
+    "searcher.n_drop": "n_drop",
     "eval.scoring": "scoring",
 }
 
@@ -123,10 +127,13 @@ def search_key(params: Mapping[str, str], ignore: Iterable[str] = WHERE_KEYS) ->
 
 
 def search_tags(config: Mapping[str, Any]) -> dict[str, str]:
-    """The parent-run tags of a resolved search config (model falls back to its path)."""
+    """The parent-run tags of a resolved search config (model falls back to its path); a
+    setting that is null (e.g. `n_drop` of a search that stops by epsilon) gets no tag."""
     flat = flatten_params(config)
     flat.setdefault("model.name", flat.get("model.path", "?"))
-    return {tag: flat[key] for key, tag in SEARCH_TAGS.items() if key in flat}
+    return {
+        tag: flat[key] for key, tag in SEARCH_TAGS.items() if key in flat and flat[key] != "null"
+    }
 
 
 def numeric_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -146,18 +153,18 @@ def numeric_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, f
 def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """Parent-run metrics of a finished search, from its summary.json content.
 
-    Names: ``baseline_accuracy``, ``threshold``, ``num_layers``, ``n_opt``, ``n_eval``, and per
-    pick (``baseline``, ``best``, ``bsba``, ``ae_hm``, ``final``): ``<pick>.score``,
-    ``<pick>.n_dropped``, ``<pick>.n_layers``, ``<pick>.speedup_estimate``,
-    ``<pick>.heldout.accuracy``, ``<pick>.heldout.invalid_rate`` ..., and whatever else
-    numeric the pick holds
-    (``<pick>.tflops``, ``<pick>.latency.b1.ttft_ms``, ``<pick>.speedup_measured``).
+    Names: ``threshold``, ``num_layers``, ``n_opt``, ``n_eval``, and per pick (``baseline``,
+    ``best``, ``bsba``, ``ae_hm``, ``final``): ``<pick>.score`` (what the searcher ranks by:
+    see the `SCORE_PROBE_TAG`), ``<pick>.n_dropped``, ``<pick>.n_layers``,
+    ``<pick>.speedup_estimate``, the optimization split's ``<pick>.opt.accuracy``,
+    ``<pick>.opt.accuracy_ci_low`` ..., ``<pick>.opt.tflops_per_example``, the held-out
+    split's ``<pick>.heldout.accuracy``, ``<pick>.heldout.tflops_per_example`` ..., and
+    whatever else numeric the pick holds (``<pick>.latency.b1.ttft_ms``,
+    ``<pick>.speedup_measured``). (summary.json's ``baseline_accuracy`` is ``baseline.score``
+    here: for a perplexity-probe searcher it is no accuracy.)
     """
     out = numeric_metrics(
-        {
-            k: summary.get(k)
-            for k in ("baseline_accuracy", "threshold", "num_layers", "n_opt", "n_eval")
-        }
+        {k: summary.get(k) for k in ("threshold", "num_layers", "n_opt", "n_eval")}
     )
     for pick, _ in PICKS:
         record = summary.get(pick)
