@@ -103,9 +103,20 @@ def test_search_end_to_end_writes_every_result_file(tiny_model_dir, tmp_path):
     # Costs: held-out TFLOPs fall with every dropped layer; latency was measured for each
     # accepted configuration and the speed-up of the baseline over itself is exactly 1.
     assert summary["baseline"]["speedup_measured"] == 1.0
+    assert summary["baseline"]["speedup_source"] == "measured"
     for step in summary["trajectory"]:
         assert set(step["latency"]) == {"b1", "b4"}
         assert step["latency"]["b1"]["ttft_ms"] > 0
+        # Timed against the full model in the same loop; kept only where believable.
+        check = step["speedup_check"]
+        assert check["ceiling"] == pytest.approx(4 / (4 - len(step["drop_layers"])))
+        assert ("speedup_measured" in step) is check["credible"]
+    for pick in ("best", "bsba", "ae_hm", "final"):
+        cfg = summary[pick]
+        source = "measured" if cfg["speedup_check"]["credible"] else "estimated"
+        assert cfg["speedup_source"] == source
+        used = cfg["speedup_measured"] if source == "measured" else cfg["speedup_estimate"]
+        assert cfg["speedup"] == pytest.approx(used, abs=1e-4)
     tflops = [step["tflops"] for step in summary["trajectory"]]
     assert tflops == sorted(tflops, reverse=True) and len(set(tflops)) == len(tflops)
     assert (run_dir / "trajectory.png").is_file() and (run_dir / "summary.md").is_file()
