@@ -287,6 +287,17 @@ def test_tracking_none_and_report_subcommand(tiny_model_dir, tmp_path):
         (["model=llama99"], ["unknown model 'llama99'", "Did you mean 'llama31'?"]),
         (["task=arc_eazy"], ["unknown task 'arc_eazy'", "Did you mean 'arc_easy'?"]),
         (["-m", "task=arc_easy,mmlux"], ["unknown task 'mmlux'", "Did you mean 'mmlu'?"]),
+        # A key only some of a sweep's choices have: one line before any job starts.
+        (
+            ["-m", "searcher=tale,sleb", "searcher.text.limit=8"],
+            [
+                "unknown config key 'searcher.text.limit' with searcher=tale in this sweep",
+                "(only with searcher=sleb)",
+                "separate commands",
+            ],
+        ),  # fmt: skip
+        (["-m", "seed=0,1", "n_opts=8"], ["unknown config key 'n_opts'", "'n_opt'"]),
+        (["-m", "latency.repeats=1,x"], ["`latency.repeats` must be an integer, but got 'x'"]),
         (["searcher=taale"], ["unknown searcher 'taale'", "Did you mean 'tale'?"]),
         (["epsilon=0.1"], ["epsilon"]),
         (["model.path=/nonexistent/model"], ["/nonexistent/model", "does not exist"]),
@@ -312,6 +323,25 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(args, fragments, tmp_p
     proc = run_cli(*args, f"hydra.run.dir={run_dir}", "hydra.sweep.dir=" + str(tmp_path / "m"))
     assert_usage_error(proc, *fragments)
     assert result_files(run_dir) == []
+
+
+def test_help_lists_the_commands_and_each_command_has_help(tmp_path):
+    proc = run_cli("--help")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    head = proc.stdout.split("== Search ==")[0]
+    for command in ("worker", "export", "bench", "report", "finetune", "pipeline"):
+        assert f"\n  {command} " in head
+    assert "== Configuration groups ==" in proc.stdout  # then Hydra's own help
+    for command, usage in (
+        ("worker", "python -m tale_opt worker storage=sqlite storage.path="),
+        ("finetune", "python -m tale_opt finetune run="),
+        ("pipeline", "python -m tale_opt pipeline searcher.max_drop=4"),
+        ("export", "usage: python -m tale_opt export"),
+    ):
+        proc = run_cli(command, "--help")
+        assert proc.returncode == 0 and usage in proc.stdout, proc.stdout + proc.stderr
+        assert "error" not in proc.stderr
+    assert not list(tmp_path.iterdir())  # help starts nothing, writes nothing
 
 
 def test_layer_index_out_of_range_is_refused(tiny_model_dir, tmp_path):

@@ -160,6 +160,7 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
         "task": task.name,
         "searcher": cfg["searcher"].get("name"),
         "probe": plan.searcher.probe,  # what ranks the layers
+        "probe_text": plan.searcher.text,  # what a text probe reads (None: no text)
         # What every `score` below is (one-shot searchers rank by a probe, then score accuracy).
         "score_probe": result.baseline.candidate.probe,
         "scoring": scoring,

@@ -50,6 +50,21 @@ def _speedup(cfg: Mapping[str, Any]) -> str:
     return f"~{cfg['speedup_estimate']:.2f}× estimated{why}"
 
 
+def describe_probe_text(spec: Mapping[str, Any] | None) -> str:
+    """What a text probe reads, for a line of prose: ``lambada, 32 documents``."""
+    if not spec:
+        return "its calibration text"
+    source = spec.get("source")
+    if source == "file":
+        what = f"file {spec.get('path')}"
+    elif source == "task":
+        what = "the optimization split's questions with their gold answers"
+    else:
+        what = str(source)
+    limit = spec.get("limit")
+    return what if limit is None else f"{what}, {limit} documents"
+
+
 def _chance(summary: Mapping[str, Any], split: str) -> str:
     chance = (summary.get("chance_accuracy") or {}).get(split)
     return "-" if chance is None else f"{100 * chance:.1f}%"
@@ -73,7 +88,10 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
     probe = summary.get("score_probe", "task_accuracy")
     accuracy = probe == "task_accuracy"
     opt_head = "opt acc % [95% CI]" if accuracy else f"opt {probe}"
-    threshold = f"{_pct(summary['threshold'])}%" if accuracy else "-"
+    # No threshold at all with n_drop=k (and for one-shot rankers): then say nothing.
+    threshold = ""
+    if accuracy and summary.get("threshold") is not None:
+        threshold = f" · threshold {_pct(summary['threshold'])}%"
 
     def opt(cfg: Mapping[str, Any], unit: str = "") -> str:
         score = cfg.get("score")
@@ -83,12 +101,18 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
 
     baseline = summary.get("baseline") or {}
     opt_baseline = opt({**baseline, "score": summary["baseline_accuracy"]}, "%")
+    if accuracy:
+        where = (
+            f"on {summary['n_opt']} optimization examples · chance "
+            f"{_chance(summary, 'optimization')}"
+        )
+    else:  # a perplexity searcher ranks by its probe text, not by the task
+        opt_baseline = f"{probe} {opt_baseline}"
+        where = f"on the probe text ({describe_probe_text(summary.get('probe_text'))})"
     head = (
         f"{summary.get('searcher', 'tale')} search — model {summary['model']} · task "
         f"{summary['task']} · scoring {summary['scoring']} · seed {summary['seed']}\n"
-        f"baseline {opt_baseline} on {summary['n_opt']} optimization "
-        f"examples · chance {_chance(summary, 'optimization')} · threshold {threshold} · "
-        f"stop: {summary['stop_reason']}\n"
+        f"baseline {opt_baseline} {where}{threshold} · stop: {summary['stop_reason']}\n"
     )
     lines = [
         f"| config | layers dropped (0-based) | layers | {opt_head} | held-out acc % [95% CI] "
