@@ -142,10 +142,9 @@ def open_search_study(plan: SearchPlan) -> None:
         plan.storage.describe(),
     )  # fmt: skip
     log.info(
-        "more workers can join from any machine that reaches the storage: "
-        "python -m tale_opt worker %s study=%s",
-        " ".join(plan.storage.join_args()), plan.study_name,
-    )  # fmt: skip
+        "more workers can join from any machine that reaches the storage: %s",
+        plan.storage.join_command(plan.study_name),
+    )
 
 
 def searcher_class(name: Any) -> type:
