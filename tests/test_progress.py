@@ -102,5 +102,5 @@ def test_a_round_counts_each_candidate_once_and_ends_on_interrupt(caplog):
     clock.now += 5
     progress.observed(scored(first, 0.4), pending[1:])  # the full evaluation of a pruned one
     assert progress.line() == "round 1: 1/2 candidates, 10 s, ETA 10 s, 1 stopped early"
-    progress.close()  # Ctrl-C: the round so far is recorded, not lost
-    assert records(caplog) == ["round 1: 1 candidate in 10 s, 1 stopped early"]
+    progress.close()  # Ctrl-C: how far the round got is recorded, not lost
+    assert records(caplog) == ["round 1: stopped after 1/2 candidates, 10 s, 1 stopped early"]

@@ -130,8 +130,10 @@ class RoundProgress:
             return
         elapsed = _duration(self.clock() - self.started)
         n = len(self.done)
-        log.info(
-            "round %d: %d candidate%s in %s%s", self.round, n, "" if n == 1 else "s", elapsed,
-            self._stopped(),
-        )  # fmt: skip
+        if n < self.total:  # interrupted, or the search failed: say how far it got
+            log.info("round %d: stopped after %d/%d candidates, %s%s", self.round, n,
+                     self.total, elapsed, self._stopped())  # fmt: skip
+        else:
+            log.info("round %d: %d candidate%s in %s%s", self.round, n, "" if n == 1 else "s",
+                     elapsed, self._stopped())  # fmt: skip
         self.round, self.done = None, set()
