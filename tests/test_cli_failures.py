@@ -239,7 +239,7 @@ def test_ctrl_c_mid_search_is_one_line_exit_130_and_the_same_command_resumes(
     assert victim.returncode == 130, stderr[-3000:]
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert errors == [
-        "error: interrupted; the same command resumes it (finished candidates are kept)"
+        "error: interrupted; the same command resumes the search (finished candidates are kept)"
     ], stderr[-3000:]
     assert "Traceback" not in stdout + stderr
     done = len(csv_path.read_text().splitlines()) - 1

@@ -14,7 +14,8 @@ from tests.test_cli import MLFLOW_URI, assert_usage_error, run_cli
 pytestmark = pytest.mark.slow
 
 
-def run_search(tiny_model_dir, tmp_path, *args: str) -> dict:
+def run_search(tiny_model_dir, tmp_path, *args: str) -> tuple[dict, str]:
+    """The summary of a search and what it printed (stdout and stderr)."""
     run_dir = tmp_path / "run"
     proc = run_cli(
         f"model.path={tiny_model_dir}", "model.name=tiny-llama", "n_opt=4", "n_eval=4",
@@ -22,7 +23,7 @@ def run_search(tiny_model_dir, tmp_path, *args: str) -> dict:
         f"storage.path={tmp_path / 'trials.db'}", *args,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((run_dir / "summary.json").read_text())
+    return json.loads((run_dir / "summary.json").read_text()), proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -30,13 +31,21 @@ def run_search(tiny_model_dir, tmp_path, *args: str) -> dict:
     [("cosine", "block_influence"), ("angular", "angular_distance"), ("random", "task_accuracy")],
 )
 def test_one_shot_searchers_end_with_n_drop_layers(tiny_model_dir, tmp_path, searcher, probe):
-    summary = run_search(
+    summary, printed = run_search(
         tiny_model_dir, tmp_path, f"searcher={searcher}", "n_drop=2",
         *(["searcher.text.source=task"] if searcher != "random" else []),
     )  # fmt: skip
     assert summary["searcher"] == searcher and summary["probe"] == probe
     assert summary["score_probe"] == "task_accuracy"  # ranked by the probe, scored by accuracy
-    assert "| opt acc % [95% CI] |" in (tmp_path / "run" / "summary.md").read_text()
+    table = (tmp_path / "run" / "summary.md").read_text()
+    assert "| opt acc % [95% CI] |" in table
+    # n_drop has no threshold: the head says nothing about one (it said "threshold -%").
+    assert summary["threshold"] is None and "threshold" not in table.splitlines()[1]
+    # The console: a line per round (the probe and the baseline are round 0), no
+    # per-candidate lines, and a probe is not "score 0.0000".
+    zero = "round 0: 2 candidates in" if probe != "task_accuracy" else "round 0: 1 candidate in"
+    assert zero in printed and "round 2: 1 candidate in" in printed
+    assert "score 0.0000" not in printed and "(trial " not in printed
     assert [len(step["drop_layers"]) for step in summary["trajectory"]] == [0, 1, 2]
     assert summary["stop_reason"] == "n_drop_reached"
     assert len(summary["final"]["drop_layers"]) == 2
@@ -44,7 +53,7 @@ def test_one_shot_searchers_end_with_n_drop_layers(tiny_model_dir, tmp_path, sea
 
 
 def test_sleb_in_a_spawned_worker_reads_its_calibration_text(tiny_model_dir, tmp_path):
-    summary = run_search(
+    summary, printed = run_search(
         tiny_model_dir, tmp_path, "searcher=sleb", "n_drop=1", "searcher.text.limit=4",
         "workers=1",
     )  # fmt: skip
@@ -55,6 +64,15 @@ def test_sleb_in_a_spawned_worker_reads_its_calibration_text(tiny_model_dir, tmp
     assert summary["score_probe"] == "perplexity"
     table = (tmp_path / "run" / "summary.md").read_text()
     assert "| opt perplexity |" in table and f"| {-step0['score']:.2f} |" in table
+    # The baseline is a perplexity on the calibration text, and says so (not "on N
+    # optimization examples"), in the table and in the log.
+    head = table.splitlines()[1]
+    ppl = f"perplexity {-step0['score']:.2f}"
+    assert head.startswith(f"baseline {ppl} on the probe text (lambada, 4 documents)")
+    assert "optimization examples" not in head and "threshold" not in head
+    assert f"baseline: {ppl} on the probe text (lambada, 4 documents), not on the task" in (
+        printed
+    )
     assert summary["final"]["drop_layers"] == step1["drop_layers"]
 
 

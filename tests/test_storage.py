@@ -57,6 +57,34 @@ def test_postgres_url_comes_from_config_or_environment(monkeypatch):
     assert mask("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
 
 
+def test_the_join_command_says_how_the_postgres_url_gets_to_the_worker(monkeypatch):
+    """From the environment: the variable to set there; on the command line: storage.url;
+    either way the password is never printed."""
+    url = "postgresql://u:s3cret@db:5432/x"
+    monkeypatch.setenv(URL_ENV, url)
+    from_env = StorageConfig.from_mapping({"kind": "postgres"}).join_command("st")
+    assert from_env == (
+        f"export {URL_ENV}=postgresql://u:***@db:5432/x (*** = its password), then "
+        "python -m tale_opt worker storage=postgres study=st"
+    )
+    monkeypatch.delenv(URL_ENV)
+    on_line = StorageConfig.from_mapping({"kind": "postgres", "url": url}).join_command("st")
+    assert on_line.startswith(
+        "python -m tale_opt worker storage=postgres storage.url=postgresql://u:***@db:5432/x "
+        "study=st (*** = the password of storage.url;"
+    )
+    assert URL_ENV in on_line and "s3cret" not in from_env + on_line
+    trusted = "postgresql://u@db/x"  # no password: the command is complete as printed
+    assert (
+        StorageConfig.from_mapping({"kind": "postgres", "url": trusted}).join_command("st")
+        == f"python -m tale_opt worker storage=postgres storage.url={trusted} study=st"
+    )
+    sqlite = StorageConfig.from_mapping({"kind": "sqlite", "path": "/tmp/t.db"})
+    assert sqlite.join_command("st") == (
+        "python -m tale_opt worker storage=sqlite storage.path=/tmp/t.db study=st"
+    )
+
+
 def test_unreachable_postgres_is_a_usage_error_within_seconds():
     started = time.monotonic()
     cfg = StorageConfig.from_mapping({"kind": "postgres", "url": "postgresql://u@127.0.0.1:1/x"})

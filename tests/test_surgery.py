@@ -9,7 +9,9 @@ and export a checkpoint that plain `AutoModelForCausalLM.from_pretrained` reload
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from typing import Any
 
 import pytest
@@ -271,6 +273,34 @@ def test_export_refuses_non_empty_directory_unless_overwrite(tiny_model, tmp_pat
     assert not (out / "keep.txt").exists()
     assert json.loads((out / EXPORT_METADATA_FILE).read_text())["dropped_layers"] == [0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned"]  # no temp dirs left
+
+
+def test_the_overwrite_error_names_the_callers_flag(tiny_model, tmp_path):
+    (tmp_path / "pruned").mkdir()
+    (tmp_path / "pruned" / "keep.txt").write_text("user data")
+    with pytest.raises(UsageError, match="pass --overwrite to replace it"):
+        export_pruned(tiny_model("llama"), None, DropSet((0,)), tmp_path / "pruned",
+                      overwrite_hint="--overwrite")  # fmt: skip
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755),
+                                                               (0o027, 0o640, 0o750)])  # fmt: skip
+def test_exported_files_get_the_modes_of_ordinary_files(
+    tiny_model, tiny_tokenizer, tmp_path, umask, file_mode, dir_mode
+):
+    """Not the 0600 of the temporary file transformers saves the weights through: a
+    checkpoint others (a serving user, a shared cache) can read, as the umask allows."""
+    previous = os.umask(umask)
+    try:
+        out = export_pruned(tiny_model("llama"), tiny_tokenizer, DropSet((1,)), tmp_path / "p")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == dir_mode
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert "model.safetensors" in {path.name for path in files}
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {
+        path.name: file_mode for path in files
+    }
 
 
 def test_export_into_existing_empty_directory(tiny_model, tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from tale_opt.errors import UsageError
@@ -38,6 +39,23 @@ SUBCOMMANDS = {
     "finetune": "tale_opt.commands.finetune",
     "pipeline": "tale_opt.commands.pipeline",
 }
+# One line each for `python -m tale_opt --help`, in the order of SUBCOMMANDS.
+SUMMARIES = {
+    "worker": "join a running search and evaluate its candidates (any machine)",
+    "export": "write the pruned checkpoint of a search's pick (plain transformers)",
+    "bench": "latency, throughput and TFLOPs of a model and its pruned variants",
+    "report": "compare searches logged to MLflow (tables and plots)",
+    "finetune": "LoRA fine-tuning of a search's pick, a checkpoint or the full model",
+    "pipeline": "baseline, TALE, FT and their orders in one table (the paper's Table 1)",
+}
+# What Ctrl-C leaves behind and how to go on, per command (None: the search).
+RESUME = {
+    None: "the same command resumes the search (finished candidates are kept)",
+    "worker": "its candidate goes back to the queue; the same command joins the search again",
+    "finetune": "the same command resumes from the last saved checkpoint",
+    "pipeline": "the same command resumes at the first unfinished stage",
+}
+HELP_FLAGS = ("-h", "--help")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -54,9 +72,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         if is_debug(argv):
             raise
-        again = "; the same command resumes it (finished candidates are kept)"
-        print(f"error: interrupted{again if command is None else ''}", file=sys.stderr)
+        again = RESUME.get(command)
+        print(f"error: interrupted{'; ' + again if again else ''}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+
+
+def commands_help() -> str:
+    """The command list that `python -m tale_opt --help` prints before the search's options."""
+    width = max(len(name) for name in SUMMARIES)
+    lines = [
+        "usage: python -m tale_opt [key=value ...]      run a search (-m: a sweep, see below)",
+        "       python -m tale_opt COMMAND [--help]     another command:",
+        *(f"  {name:<{width}}  {SUMMARIES[name]}" for name in SUBCOMMANDS),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    return any(a in HELP_FLAGS for a in argv)
+
+
+def print_usage(doc: str | None, keys: str) -> None:
+    """`--help` of a command that takes ``key=value`` overrides: its docstring (the usage
+    and what it does) and where its keys are listed."""
+    print(textwrap.dedent(doc or "").strip())
+    print(f"\n{keys}")
 
 
 def fail(err: BaseException, debug: bool) -> None:

@@ -6,8 +6,10 @@
         --batch-sizes 1,8,32 --prompt-tokens 128 --new-tokens 32 --json bench.json
 
 Measured with HF `generate` and a KV cache on the model's device (see tale_opt.cost.latency):
-time to first token, decode time per token and tokens/s, medians after warm-up; speed-ups are
-relative to the baseline's row. TFLOPs are analytic, for the same synthetic workload.
+time to first token, decode time per token and tokens/s, medians after warm-up, every variant
+timed once per repeat in one interleaved loop; speed-ups are relative to the baseline's row,
+the end-to-end one repeat by repeat, with its range, and marked "not credible" when outside
+what removing that many layers can give. TFLOPs are analytic, for the same synthetic workload.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=32, help="tokens to generate (32)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per figure (median; 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first (1)")
+    p.add_argument(
+        "--speedup-tolerance",
+        type=float,
+        default=0.1,
+        help="slack on the L/(L-k) ceiling before a speed-up is not credible (0.1)",
+    )
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--attn", default=None, help="attn_implementation, e.g. sdpa or eager")
@@ -76,6 +84,7 @@ def _settings(args: argparse.Namespace) -> Any:
             new_tokens=args.new_tokens,
             repeats=args.repeats,
             warmup=args.warmup,
+            speedup_tolerance=args.speedup_tolerance,
         )
     except ValueError as err:
         raise UsageError(str(err)) from err

@@ -154,20 +154,120 @@ def compose(overrides: Sequence[str], source: ConfigSource | None = None) -> Any
         raise UsageError(explain(err, plain, source)) from err
 
 
+# Compositions a sweep's check may cost (about 0.25 s each); the rest Hydra checks per job.
+SWEEP_CHECKS = 48
+
+
+def check_sweep(overrides: Sequence[str], source: ConfigSource | None = None) -> None:
+    """Compose the jobs of a ``-m`` sweep before it starts: every combination of its group
+    choices (each choice on its own when there are too many combinations), and each value
+    of its other swept keys, so that a key or value one job refuses is one line now rather
+    than Hydra's error at job N.
+
+    Sweeps Hydra cannot enumerate without its sweeper (glob, interval) are left to Hydra.
+
+    Raises:
+        UsageError: A job's config does not compose, named with its group choices.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    source = source or ConfigSource()
+    plain = [a for a in overrides if not a.lstrip("+~").startswith("hydra.")]
+    fixed: list[str] = []
+    groups: list[list[str]] = []  # per swept group: its "group=choice" overrides
+    keys: list[list[str]] = []  # per other swept key: its "key=value" overrides
+    try:
+        parsed = OverridesParser.create().parse_overrides(plain)
+        for arg, override in zip(plain, parsed, strict=True):
+            if not override.is_sweep_override():
+                fixed.append(arg)
+                continue
+            name = arg.partition("=")[0]
+            values = [f"{name}={v}" for v in override.sweep_string_iterator()]
+            (groups if _group_choice(arg) is not None else keys).append(values)
+    except (HydraException, OmegaConfBaseException):
+        return  # a syntax Hydra reports itself, or a sweep only its sweeper enumerates
+    jobs = _sweep_jobs(groups, keys)
+    with repository(source):
+        outcomes: list[tuple[list[str], BaseException | None]] = []
+        for job in jobs[:SWEEP_CHECKS]:
+            try:
+                _compose_loaded([*fixed, *job], source)
+                outcomes.append((job, None))
+            except (HydraException, OmegaConfBaseException) as err:
+                outcomes.append((job, err))
+    failed = [(job, err) for job, err in outcomes if err is not None]
+    if not failed:
+        return
+    job, err = failed[0]
+    message = explain(err, [*fixed, *job], source)
+    fine = [j for j, e in outcomes if e is None]
+    chosen = [a for a in job if _group_choice(a) is not None]
+    unknown = _unknown_key(err)
+    if unknown and fine:
+        works = [a for a in fine[0] if _group_choice(a) is not None and a not in chosen]
+        differs = [a for a in chosen if a not in fine[0]]
+        if works and differs:
+            raise UsageError(
+                f"unknown config key '{unknown}' with {' '.join(differs)} in this sweep "
+                f"(only with {' '.join(works)}); sweep those choices in separate commands, "
+                f"each with the keys it has"
+            ) from err
+    # Said only when other jobs compose: when none does, the choices are not the cause.
+    where = f" (the sweep's job with {' '.join(chosen)})" if chosen and fine else ""
+    raise UsageError(f"{message}{where}") from err
+
+
+def _sweep_jobs(groups: list[list[str]], keys: list[list[str]]) -> list[list[str]]:
+    """Override lists to compose: every combination of the group choices (or each choice
+    once, with the other groups at their first, when that is too many), then each value of
+    the other swept keys with the first choices."""
+    import itertools
+    import math
+
+    first = [values[0] for values in groups]
+    if math.prod(len(values) for values in groups) <= SWEEP_CHECKS // 2:
+        jobs = [list(combo) for combo in itertools.product(*groups)]
+    else:
+        jobs = [first]
+        for i, values in enumerate(groups):
+            jobs += [[*first[:i], value, *first[i + 1 :]] for value in values[1:]]
+    key_firsts = [values[0] for values in keys]
+    jobs = [[*job, *key_firsts] for job in jobs]
+    for i, values in enumerate(keys):
+        jobs += [[*first, *key_firsts[:i], value, *key_firsts[i + 1 :]] for value in values[1:]]
+    return jobs
+
+
 def _compose(overrides: Sequence[str], source: ConfigSource) -> Any:
+    with repository(source):
+        return _compose_loaded(overrides, source)
+
+
+def _compose_loaded(overrides: Sequence[str], source: ConfigSource) -> Any:
+    """Compose inside an open `repository(source)` (several compositions, one setup)."""
     from hydra import compose as hydra_compose
 
-    with repository(source):
-        return hydra_compose(source.config_name, overrides=[*overrides, *source.overrides()])
+    return hydra_compose(source.config_name, overrides=[*overrides, *source.overrides()])
+
+
+def _unknown_key(err: BaseException) -> str | None:
+    """The key of an "unknown key" composition error, else None."""
+    text = str(err).strip()
+    unknown = re.match(r"Could not override '([^']+)'", text)
+    if unknown and "No match in the defaults list" not in text:
+        return unknown.group(1)
+    return None
 
 
 def explain(err: BaseException, overrides: Sequence[str], source: ConfigSource) -> str:
     """One line for a composition error: the key, the value and what was expected."""
     cause = err.__cause__ if err.__cause__ is not None else err
     text = str(err).strip()
-    unknown = re.match(r"Could not override '([^']+)'", text)
-    if unknown and "No match in the defaults list" not in text:
-        key = unknown.group(1)
+    key = _unknown_key(err)
+    if key is not None:
         return f"unknown config key '{key}'.{_key_hint(key, overrides, source)}"
     full_key = getattr(cause, "full_key", None)
     reason = str(cause).strip().splitlines()[0] if str(cause).strip() else text

@@ -4,7 +4,12 @@
     python -m tale_opt export --model path/or/hub-id --drop 3,7,12 --out pruned/
 
 The checkpoint loads with plain `AutoModelForCausalLM.from_pretrained(out)`; before reporting
-success we reload it that way and compare its logits with the in-memory pruned model.
+success we reload it that way and compare its logits with the in-memory pruned model. Its files
+get the permissions of any file the user writes (0644 / 0755 under umask 022).
+
+A pick that is the unpruned model (Best of a search whose best is the full model, as SLEB's
+always is) is refused with the picks that do drop layers; `--pick baseline` writes the full
+model on purpose.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _from_run(run_dir: Path, pick: str) -> tuple[dict[str, Any], DropSet]:
     run = FinishedRun.open(run_dir)
-    return run.model_config(), run.drop(pick)
+    return run.model_config(), run.pruned_drop(pick)
 
 
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], DropSet]:
@@ -61,11 +66,16 @@ def main(argv: Sequence[str]) -> None:
         model_cfg, drop = resolve(args)
         if args.dtype:
             model_cfg["dtype"] = args.dtype
-        from tale_opt.model.export import export_pruned, verify_export
+        from tale_opt.model.export import check_export_target, export_pruned, verify_export
         from tale_opt.model.loading import ModelSpec, load_model
 
+        target = Path(args.out).expanduser().resolve()
+        check_export_target(target, args.overwrite, "--overwrite")  # before a long load
         model, tokenizer = load_model(ModelSpec(**model_cfg))
-        out = export_pruned(model, tokenizer, drop, Path(args.out), overwrite=args.overwrite)
+        out = export_pruned(
+            model, tokenizer, drop, Path(args.out), overwrite=args.overwrite,
+            overwrite_hint="--overwrite",
+        )  # fmt: skip
         max_diff = verify_export(model, tokenizer, drop, out)
     except (UsageError, ValueError) as err:
         if args.debug:

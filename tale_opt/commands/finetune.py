@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tale_opt.commands import fail, is_debug
+from tale_opt.commands import fail, is_debug, print_usage, wants_help
 from tale_opt.commands.config import ConfigSource, check_group_choices, compose
 from tale_opt.commands.runs import FinishedRun
 from tale_opt.errors import UsageError
@@ -35,6 +35,9 @@ RUN_OVERRIDABLE = ("model.device",)
 def main(argv: Sequence[str]) -> None:
     argv = list(argv)
     debug = is_debug(argv)
+    if wants_help(argv):
+        print_usage(__doc__, HINT[0].upper() + HINT[1:])
+        return
     try:
         if "--cfg" in argv:
             _print_config([a for a in argv if a != "--cfg"])

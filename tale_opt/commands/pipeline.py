@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tale_opt.commands import fail, is_debug
+from tale_opt.commands import fail, is_debug, print_usage, wants_help
 from tale_opt.commands.config import ConfigSource, check_group_choices, compose
 from tale_opt.commands.runs import PICKS
 from tale_opt.errors import SearchFailed, UsageError, did_you_mean
@@ -29,6 +29,9 @@ STAGE_PICKS = tuple(p for p in PICKS if p != "baseline")
 def main(argv: Sequence[str]) -> None:
     argv = list(argv)
     debug = is_debug(argv)
+    if wants_help(argv):
+        print_usage(__doc__, HINT[0].upper() + HINT[1:])
+        return
     try:
         cfg = _config([a for a in argv if a != "--cfg"])
         if "--cfg" in argv:

@@ -83,6 +83,39 @@ class FinishedRun:
             )
         return DropSet.of(entry["drop_layers"])
 
+    def pruned_drop(self, pick: str, flag: str = "--pick") -> DropSet:
+        """`drop(pick)` for a command that exists to write a pruned model: a pick other than
+        ``baseline`` that drops no layer (Best of a search that accepted nothing better than
+        the full model, e.g. a perplexity searcher's) is refused instead of silently giving
+        the unpruned model.
+
+        Raises:
+            UsageError: As `drop`, or the pick is the unpruned model; the message names the
+                picks that do drop layers, and `flag` ``baseline`` for the full model.
+        """
+        drop = self.drop(pick)
+        if drop or pick == "baseline":
+            return drop
+        flag += "" if flag.endswith("=") else " "  # --pick final, pick=final
+        pruned = []
+        for other in PICKS:
+            entry = self.summary.get(other)
+            if other != "baseline" and isinstance(entry, dict) and entry.get("drop_layers"):
+                pruned.append(f"{flag}{other} (layers {DropSet.of(entry['drop_layers']).key})")
+        searcher = self.summary.get("searcher", "this")
+        why = (
+            f"the {pick} pick of {self.run_dir} is the unpruned baseline (the {searcher} "
+            f"search's {pick} is the full model: nothing it accepted scored higher), so "
+            "there is nothing pruned to write"
+        )
+        if not pruned:
+            raise UsageError(f"{why}; no pick of this search drops a layer; {flag}baseline "
+                             "writes the full model if that is what you want")  # fmt: skip
+        raise UsageError(
+            f"{why}; choose a pick that drops layers: {', '.join(dict.fromkeys(pruned))}, "
+            f"or {flag}baseline for the full model"
+        )
+
     @property
     def parent_run_id(self) -> str | None:
         return (self.summary.get("tracking") or {}).get("parent_run_id")

@@ -82,6 +82,7 @@ class Latency:
     new_tokens: int = MISSING
     repeats: int = MISSING
     warmup: int = MISSING
+    speedup_tolerance: float = MISSING
 
 
 # (group in the config store, name) -> schema; the YAML files refer to them by these names.

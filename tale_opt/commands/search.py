@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tale_opt.commands import fail, is_debug
+from tale_opt.commands import commands_help, fail, is_debug, wants_help
 from tale_opt.commands.config import (
     CONF_DIR,
     check_group_choices,
+    check_sweep,
     compose,
     source_from,
 )
@@ -36,6 +37,8 @@ def main(argv: Sequence[str]) -> None:
         precheck(argv)
     except UsageError as err:
         fail(err, debug)
+    if wants_help(argv):  # Hydra's help knows the search's options, not the other commands
+        print(commands_help(), flush=True)
     sys.argv = [sys.argv[0], *argv]
     # Hydra prints a (shortened) traceback of any error and exits with 1 unless this is set;
     # set, the error reaches `_hydra_errors`, which turns bad input into one line.
@@ -64,7 +67,8 @@ def register_resolvers() -> None:
 
 
 def precheck(argv: Sequence[str]) -> None:
-    """Group choices (always) and composition (for a single run) of the command line.
+    """Group choices (always) and composition (of a single run, or of a sweep's jobs) of the
+    command line.
 
     Raises:
         UsageError: What Hydra would refuse, on one line.
@@ -77,7 +81,11 @@ def precheck(argv: Sequence[str]) -> None:
     source = source_from(args.overrides, args.config_dir, args.config_name)
     check_group_choices(args.overrides, source)
     shows = args.cfg or args.help or args.hydra_help or args.info or args.shell_completion
-    if not args.multirun and not shows:
+    if shows:
+        return
+    if args.multirun:
+        check_sweep(args.overrides, source)
+    else:
         compose(args.overrides, source)
 
 

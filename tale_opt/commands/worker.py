@@ -1,8 +1,14 @@
 """`python -m tale_opt worker storage=postgres study=NAME [idle_timeout=600 device=cuda:1]`:
 join a running search and evaluate its candidates.
 
+    python -m tale_opt worker storage=sqlite storage.path=outputs/tale_opt.db study=NAME
+    export TALE_OPT_STORAGE_URL=postgresql://USER:PASSWORD@HOST:5432/DB
+    python -m tale_opt worker storage=postgres study=NAME device=cuda:1
+
+The search prints the command to join it (and the study name is in its summary.json).
 Composes conf/worker.yaml (the storage group and a few keys); everything else -- model, task,
-splits, evaluation options -- is read from the study.
+splits, evaluation options -- is read from the study. The worker leaves when the search is
+finished, or after `idle_timeout` seconds without work.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from tale_opt.commands import fail, is_debug
+from tale_opt.commands import fail, is_debug, print_usage, wants_help
 from tale_opt.commands.config import ConfigSource, check_group_choices, compose
 from tale_opt.errors import SearchFailed, UsageError
 
@@ -22,6 +28,9 @@ def main(argv: Sequence[str]) -> None:
     from omegaconf.errors import MissingMandatoryValue
 
     debug = is_debug(argv)
+    if wants_help(argv):
+        print_usage(__doc__, f"{WORKER_KEYS}; storage.* as for a search (see README)")
+        return
     try:
         source = ConfigSource(config_name="worker", hint=WORKER_KEYS)
         check_group_choices(argv, source)

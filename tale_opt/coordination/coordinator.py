@@ -104,6 +104,7 @@ def _coordinate(
     prunable: bool,
 ) -> SearchResult:
     st.set_finished(study, False)
+    layers = searcher.num_layers  # for the trials' dashboard params (`st.trial_params`)
     trials = study.get_trials(deepcopy=False)
     earlier_failures = {t.number for t in trials if t.state == TrialState.FAIL}
     done_before = sum(1 for t in trials if st.observation_of(t) is not None)
@@ -128,7 +129,7 @@ def _coordinate(
         for candidate in proposed:
             attempts = groups.get(candidate.key, [])
             if not attempts:
-                st.enqueue(study, candidate, prunable=prunable, base=base)
+                st.enqueue(study, candidate, prunable=prunable, base=base, num_layers=layers)
                 waiting = True
             elif any(t.state in _LIVE for t in attempts):
                 pass
@@ -139,12 +140,12 @@ def _coordinate(
                 # (A lost or failed full evaluation goes through `_recover` below.)
                 log.info("evaluating %s in full: its early-stop bound does not hold here",
                          candidate.drop)  # fmt: skip
-                st.enqueue(study, candidate)
+                st.enqueue(study, candidate, num_layers=layers)
                 waiting = True
             else:
                 waiting |= _recover(
                     study, candidate, attempts, earlier_failures, restarted, lost_since,
-                    lost_after=lost_after, max_retry=max_retry,
+                    lost_after=lost_after, max_retry=max_retry, num_layers=layers,
                 )  # fmt: skip
         if evaluate is not None and waiting:
             # Early termination's first rival comes from this cycle's read; a trial that
@@ -281,6 +282,7 @@ def _recover(
     *,
     lost_after: float,
     max_retry: int | None,
+    num_layers: int | None = None,
 ) -> bool:
     """A proposed candidate whose every trial failed: re-queue it (True), wait for a retry
     someone else queues, or give up with a reason."""
@@ -290,7 +292,7 @@ def _recover(
         if candidate.key not in restarted:
             restarted.add(candidate.key)
             log.info("re-queueing %s, which failed before this run started", candidate.drop)
-            st.enqueue(study, candidate)
+            st.enqueue(study, candidate, num_layers=num_layers)
             return True
         return False
     errors = [t for t in failed_now if st.ERROR in t.user_attrs]
@@ -308,6 +310,6 @@ def _recover(
     if time.monotonic() - first_seen > lost_after:
         del lost_since[candidate.key]
         log.warning("re-queueing lost candidate %s", candidate.drop)
-        st.enqueue(study, candidate)
+        st.enqueue(study, candidate, num_layers=num_layers)
         return True
     return False

@@ -135,7 +135,8 @@ class StorageConfig:
         return mask(self.url) if self.kind == "postgres" else f"{self.kind}:{self.path}"
 
     def join_args(self) -> list[str]:
-        """The `python -m tale_opt worker` arguments that reach this storage."""
+        """The `python -m tale_opt worker` arguments that reach this storage (a password in
+        storage.url masked; a URL from the environment is not an argument)."""
         args = [f"storage={self.kind}"]
         if self.kind == "postgres":
             if os.environ.get(URL_ENV) != self.url:
@@ -143,6 +144,24 @@ class StorageConfig:
         else:
             args.append(f"storage.path={self.path}")
         return args
+
+    def join_command(self, study: str) -> str:
+        """How a worker on another machine joins `study`, for the coordinator to print: the
+        command, and for PostgreSQL how the URL gets there (the environment variable or
+        storage.url), its password shown as ``***``."""
+        command = f"python -m tale_opt worker {' '.join(self.join_args())} study={study}"
+        if self.kind != "postgres":
+            return command
+        hidden = mask(self.url) != self.url
+        if os.environ.get(URL_ENV) == self.url:
+            note = " (*** = its password)" if hidden else ""
+            return f"export {URL_ENV}={mask(self.url)}{note}, then {command}"
+        if hidden:
+            return (
+                f"{command} (*** = the password of storage.url; or leave storage.url out and "
+                f"export {URL_ENV}=<the full URL> there, which keeps it off the command line)"
+            )
+        return command
 
 
 def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storages.BaseStorage:

@@ -24,6 +24,13 @@ One trial is one record of one evaluation; each fact is stored once:
 
 Trials written by earlier versions also carry ``tale_opt.drop``, ``tale_opt.probe`` and
 ``tale_opt.round``, and the score inside ``tale_opt.result``; they read the same.
+
+For optuna-dashboard (and `optuna.visualization`), whose slice, importance and parallel
+coordinate plots read trial *params* with distributions, the coordinator also gives each
+trial a view of its candidate as params (`trial_params`): ``round`` (layers dropped),
+``layer`` (the layer its round adds to the round's shared drop set; -1 where there is none:
+the full model, one-shot and random drop sets) and ``probe``. They are derived from the
+candidate key and never read back. The objective is named (`name_objective`).
 """
 
 from __future__ import annotations
@@ -35,10 +42,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from tale_opt.errors import UsageError
-from tale_opt.types import Candidate, DropSet, Observation, Status
+from tale_opt.types import PERPLEXITY, PROBES, Candidate, DropSet, Observation, Status
 
 MARKER = "tale_opt.candidate"
 PRUNABLE = "tale_opt.prunable"
@@ -158,16 +166,51 @@ def enqueue(
     *,
     prunable: bool = False,
     base: DropSet | None = None,
+    num_layers: int | None = None,
 ) -> None:
     """Queue `candidate` as a WAITING trial carrying the marker (workers claim the oldest
     waiting trial first, so candidates run in the order they are enqueued). `base`, the drop
-    set every candidate of its round shares, lets a worker start prefix reuse at once."""
+    set every candidate of its round shares, lets a worker start prefix reuse at once. With
+    `num_layers` (the full model's) the trial also gets `trial_params`."""
     attrs: dict[str, Any] = {MARKER: candidate.key}
     if prunable:
         attrs[PRUNABLE] = True
     if base is not None:
         attrs[BASE] = base.key
-    study.enqueue_trial({}, user_attrs=attrs)
+    params, distributions = {}, {}
+    if num_layers is not None:
+        params, distributions = trial_params(candidate, num_layers, base)
+    # What `Study.enqueue_trial` does, plus params with their distributions.
+    study.add_trial(
+        create_trial(
+            state=TrialState.WAITING, params=params, distributions=distributions,
+            user_attrs=attrs, system_attrs={"fixed_params": params},
+        )
+    )  # fmt: skip
+
+
+def trial_params(
+    candidate: Candidate, num_layers: int, base: DropSet | None = None
+) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
+    """The dashboard's view of a candidate: ``round``, ``layer`` and ``probe`` with their
+    distributions (the same for every trial of a study, which importance plots need)."""
+    added = set(candidate.drop) - set(base or ())
+    layer = added.pop() if base is not None and len(added) == 1 else -1
+    params = {"round": len(candidate.drop), "layer": layer, "probe": candidate.probe}
+    distributions: dict[str, BaseDistribution] = {
+        "round": IntDistribution(0, num_layers),
+        "layer": IntDistribution(-1, num_layers - 1),
+        "probe": CategoricalDistribution(PROBES),
+    }
+    return params, distributions
+
+
+def name_objective(study: optuna.Study, score_probe: str) -> None:
+    """Name the trials' value for dashboards: the optimization split's accuracy, or minus
+    the probe text's perplexity for a searcher that ranks by perplexity."""
+    name = "-perplexity (probe text)" if score_probe == PERPLEXITY else "accuracy (opt split)"
+    if study.metric_names != [name]:
+        study.set_metric_names([name])
 
 
 def round_base(candidates: list[Candidate]) -> DropSet | None:

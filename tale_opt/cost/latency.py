@@ -10,9 +10,16 @@ token ids: latency depends on shapes, not on text):
 * tokens/s: ``batch · N / t(N)``, the end-to-end generation throughput.
 
 Every figure is the median over `repeats` timed calls after `warmup` untimed ones (the first
-calls pay for allocator growth, kernel selection and lazy initialisation). On CUDA the device is
-synchronised before the clock starts and stops, since kernels run asynchronously. Generation
-is forced to N tokens (`min_new_tokens`) so an early EOS cannot shorten one configuration's run.
+calls pay for allocator growth, kernel selection and lazy initialisation), with the fastest and
+slowest call beside it. On CUDA the device is synchronised before the clock starts and stops,
+since kernels run asynchronously. Generation is forced to N tokens (`min_new_tokens`) so an
+early EOS cannot shorten one configuration's run.
+
+Several configurations are measured in one interleaved loop (`measure_interleaved`): each
+repeat times every configuration once, in alternating order, so a slow phase of a shared
+machine hits them alike, and a speed-up is the median of per-repeat ratios against the
+baseline timed in the same repeat (`paired_speedup`), never against a baseline measured
+minutes earlier under another load.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ class LatencySettings:
     repeats: int = 5
     warmup: int = 1
     seed: int = 0
+    # How far a measured speed-up may leave the physically possible range before it is
+    # refused as noise (see tale_opt.cost.credibility): 0.1 = 10 %.
+    speedup_tolerance: float = 0.1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
@@ -57,6 +67,7 @@ class LatencySettings:
             ("seed", 0),
         ):
             validate.integer(getattr(self, name), name, minimum=minimum)
+        validate.number(self.speedup_tolerance, "speedup_tolerance", minimum=0)
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any] | None) -> LatencySettings:
@@ -73,7 +84,13 @@ _NO_DROP = DropSet()
 
 @dataclass(frozen=True)
 class LatencyResult:
-    """Measured figures for one batch size (times in milliseconds, medians)."""
+    """Measured figures for one batch size (times in milliseconds; medians, with the fastest
+    and slowest of the repeats as ``*_min`` / ``*_max``).
+
+    `generate_ms_runs` holds each repeat's end-to-end time in loop order: the i-th run of two
+    results from one `measure_interleaved` loop were timed in the same repeat (see
+    `paired_speedup`).
+    """
 
     batch_size: int
     prompt_tokens: int
@@ -85,6 +102,11 @@ class LatencyResult:
     generate_ms: float
     tokens_per_s: float
     repeats: int
+    ttft_ms_min: float = 0.0
+    ttft_ms_max: float = 0.0
+    generate_ms_min: float = 0.0
+    generate_ms_max: float = 0.0
+    generate_ms_runs: tuple[float, ...] = ()
 
     def metrics(self, prefix: str = "latency") -> dict[str, float]:
         """Flat metric names, e.g. ``latency.b8.ttft_ms``, for MLflow and summary files."""
@@ -150,70 +172,139 @@ def measure_latency(
 
     Works on any causal LM with `generate`: an in-memory model with a drop set (the layers are
     removed for the measurement and restored afterwards) or an exported checkpoint loaded as
-    is (empty `drop`).
+    is (empty `drop`). To compare configurations, measure them together with
+    `measure_interleaved` instead.
 
     Args:
         model: A Hugging Face causal LM of a supported family, on the device to measure.
         drop: 0-based decoder layers to remove during the measurement.
         settings: Batch sizes, prompt and generation lengths, repeats and warm-up calls.
         pad_token_id: Passed to `generate`; defaults to the model's pad (else EOS) token.
-        progress: Called with a short description before each batch size (for CLIs).
+        progress: Called with a short description after each repeat (for CLIs).
 
     Returns:
         One result per batch size, in the order of `settings.batch_sizes`.
     """
-    settings = settings or LatencySettings()
-    device = _device_of(model)
-    pad = _pad_id(model, pad_token_id)
-    common = dict(
-        do_sample=False, temperature=None, top_p=None, top_k=None, use_cache=True, pad_token_id=pad
+    (results,) = measure_interleaved(
+        [(model, drop)], settings, pad_token_id=pad_token_id, progress=progress
     )
-    results = []
-    was_training = model.training
-    model.eval()
-    try:
-        with dropped_layers(model, drop), torch.inference_mode():
-            layers = num_decoder_layers(model)
-            for batch in settings.batch_sizes:
-                if progress is not None:
-                    progress(f"batch {batch}: {layers} layers on {device}")
-                ids = _prompts(
-                    model.config.vocab_size, batch, settings.prompt_tokens, settings.seed
-                ).to(device)
-                mask = torch.ones_like(ids)
-
-                def run(n: int, ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> Any:
-                    return model.generate(
-                        input_ids=ids,
-                        attention_mask=mask,
-                        max_new_tokens=n,
-                        min_new_tokens=n,
-                        **common,
-                    )
-
-                results.append(_measure_batch(run, batch, layers, device, settings))
-    finally:
-        model.train(was_training)
     return results
 
 
-def _measure_batch(
-    run: Callable[[int], Any],
+def measure_interleaved(
+    configurations: Sequence[tuple[nn.Module, DropSet]],
+    settings: LatencySettings | None = None,
+    *,
+    pad_token_id: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[list[LatencyResult]]:
+    """Measure several configurations in one loop: every repeat times each of them once.
+
+    The order alternates between repeats (forwards, then backwards), so neither a slow
+    phase of a shared machine nor a position in the loop favours one configuration; the
+    i-th entries of two results' `generate_ms_runs` come from the same repeat.
+
+    Args:
+        configurations: ``(model, drop set)`` pairs: one model with several drop sets, and/or
+            other models (an exported checkpoint with an empty drop set).
+        settings, pad_token_id: As for `measure_latency`.
+        progress: Called with a short description after each repeat.
+
+    Returns:
+        Per configuration (in the given order), one result per batch size.
+    """
+    settings = settings or LatencySettings()
+    models = list({id(m): m for m, _ in configurations}.values())
+    modes = [m.training for m in models]
+    results: list[list[LatencyResult]] = [[] for _ in configurations]
+    try:
+        for model in models:
+            model.eval()
+        with torch.inference_mode():
+            for batch in settings.batch_sizes:
+                timings = _time_batch(configurations, batch, settings, pad_token_id, progress)
+                for out, (first, full, layers, device) in zip(results, timings, strict=True):
+                    out.append(_result(first, full, batch, layers, device, settings))
+    finally:
+        for model, was_training in zip(models, modes, strict=True):
+            model.train(was_training)
+    return results
+
+
+def _time_batch(
+    configurations: Sequence[tuple[nn.Module, DropSet]],
+    batch: int,
+    settings: LatencySettings,
+    pad_token_id: int | None,
+    progress: Callable[[str], None] | None,
+) -> list[tuple[list[float], list[float], int, torch.device]]:
+    """Per configuration: the timed 1-token and N-token calls, its layer count and device."""
+    n = settings.new_tokens
+    runs = [_runner(model, batch, settings, pad_token_id) for model, _ in configurations]
+    if progress is not None and settings.warmup:
+        progress(f"batch {batch}: warming up {len(configurations)} configuration(s)")
+    layers = []
+    for (model, drop), run in zip(configurations, runs, strict=True):
+        with dropped_layers(model, drop):
+            layers.append(num_decoder_layers(model))
+            for _ in range(settings.warmup):
+                run(1)
+                if n > 1:
+                    run(n)
+    devices = [_device_of(model) for model, _ in configurations]
+    first: list[list[float]] = [[] for _ in configurations]
+    full: list[list[float]] = [[] for _ in configurations]
+    started = time.perf_counter()
+    for repeat in range(settings.repeats):
+        order = list(range(len(configurations)))
+        if repeat % 2:
+            order.reverse()
+        for i in order:
+            model, drop = configurations[i]
+            run, device = runs[i], devices[i]
+            with dropped_layers(model, drop):
+                # 1 and N tokens back to back, so a slow phase hits both alike.
+                first[i].append(_timed(lambda run=run: run(1), device))
+                full[i].append(_timed(lambda run=run: run(n), device) if n > 1 else first[i][-1])
+        if progress is not None:
+            progress(
+                f"batch {batch}: repeat {repeat + 1}/{settings.repeats} of "
+                f"{len(configurations)} configuration(s) timed "
+                f"({time.perf_counter() - started:.0f} s)"
+            )
+    return [(first[i], full[i], layers[i], devices[i]) for i in range(len(configurations))]
+
+
+def _runner(
+    model: nn.Module, batch: int, settings: LatencySettings, pad_token_id: int | None
+) -> Callable[[int], Any]:
+    """`run(n)`: one `generate` call producing exactly n tokens for a fixed synthetic batch."""
+    device = _device_of(model)
+    ids = _prompts(model.config.vocab_size, batch, settings.prompt_tokens, settings.seed)
+    ids = ids.to(device)
+    mask = torch.ones_like(ids)
+    common = dict(
+        do_sample=False, temperature=None, top_p=None, top_k=None, use_cache=True,
+        pad_token_id=_pad_id(model, pad_token_id),
+    )  # fmt: skip
+
+    def run(n: int) -> Any:
+        return model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, **common
+        )
+
+    return run
+
+
+def _result(
+    first: list[float],
+    full: list[float],
     batch: int,
     layers: int,
     device: torch.device,
     settings: LatencySettings,
 ) -> LatencyResult:
     n = settings.new_tokens
-    for _ in range(settings.warmup):
-        run(1)
-        if n > 1:
-            run(n)
-    first, full = [], []
-    for _ in range(settings.repeats):
-        # Interleaved, so a slow phase of a shared machine hits both series alike.
-        first.append(_timed(lambda: run(1), device))
-        full.append(_timed(lambda: run(n), device) if n > 1 else first[-1])
     t1, tn = statistics.median(first), statistics.median(full)
     # Clamped: on a tiny model timing noise can exceed the decode time itself.
     decode = max(0.0, (tn - t1) / (n - 1)) if n > 1 else None
@@ -228,7 +319,25 @@ def _measure_batch(
         generate_ms=1e3 * tn,
         tokens_per_s=batch * n / tn,
         repeats=settings.repeats,
+        ttft_ms_min=1e3 * min(first),
+        ttft_ms_max=1e3 * max(first),
+        generate_ms_min=1e3 * min(full),
+        generate_ms_max=1e3 * max(full),
+        generate_ms_runs=tuple(1e3 * t for t in full),
     )
+
+
+def paired_speedup(
+    baseline: LatencyResult, other: LatencyResult
+) -> tuple[float, float, float] | None:
+    """End-to-end speed-up of `other` over `baseline` from the same interleaved loop: the
+    median, lowest and highest of the per-repeat ratios ``baseline_i / other_i`` (> 1 =
+    faster). None when the two were not timed in one loop (unequal repeat counts)."""
+    base, runs = baseline.generate_ms_runs, other.generate_ms_runs
+    if not base or len(base) != len(runs) or min(runs) <= 0:
+        return None
+    ratios = [b / o for b, o in zip(base, runs, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def speedups(

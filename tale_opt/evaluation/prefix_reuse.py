@@ -119,7 +119,7 @@ class PrefixReuse:
         if self.cache is None:
             log.info("prefix reuse: budget %.3g GiB holds no layer's states", self.budget_gb)
             return
-        log.info(
+        log.debug(  # once per round and worker: detail, not progress
             "prefix reuse: base %s captured, %.3f GiB, every %d kept layer(s)",
             base, self.cache.nbytes / 2**30, self.cache.stride,
         )  # fmt: skip

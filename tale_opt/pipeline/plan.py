@@ -20,7 +20,12 @@ from typing import Any
 import searchers
 from tale_opt import validate
 from tale_opt.coordination.storage import StorageConfig, open_storage
-from tale_opt.coordination.study import check_study, default_study_name, open_study
+from tale_opt.coordination.study import (
+    check_study,
+    default_study_name,
+    name_objective,
+    open_study,
+)
 from tale_opt.errors import ConfigValueError, UsageError, did_you_mean
 from tale_opt.pipeline.candidates import (
     check_eval_options,
@@ -30,6 +35,7 @@ from tale_opt.pipeline.candidates import (
     search_fingerprint,
     study_config,
 )
+from tale_opt.types import TASK_ACCURACY
 
 log = logging.getLogger("tale_opt")
 
@@ -135,6 +141,7 @@ def open_search_study(plan: SearchPlan) -> None:
         UsageError: The study name belongs to another search (its fingerprint differs).
     """
     plan.study = open_study(plan.optuna_storage, plan.study_name, plan.fingerprint, plan.config)
+    name_objective(plan.study, score_probe(plan.searcher))
     log.info(
         "%s: %d decoder layers; %s: %d optimization / %d held-out examples; study %s in %s",
         plan.config["model_name"], plan.num_layers, plan.task.name,
@@ -142,10 +149,18 @@ def open_search_study(plan: SearchPlan) -> None:
         plan.storage.describe(),
     )  # fmt: skip
     log.info(
-        "more workers can join from any machine that reaches the storage: "
-        "python -m tale_opt worker %s study=%s",
-        " ".join(plan.storage.join_args()), plan.study_name,
-    )  # fmt: skip
+        "more workers can join from any machine that reaches the storage: %s",
+        plan.storage.join_command(plan.study_name),
+    )
+
+
+def score_probe(searcher: searchers.Searcher) -> str:
+    """What the trials' values are: a searcher that ranks by perplexity round after round
+    (SLEB, tale_ppl) scores -perplexity; every other scores task accuracy (a one-shot
+    ranker probes the full model once, then scores its drop sets by accuracy)."""
+    if isinstance(searcher, searchers.OneShotSearcher):
+        return TASK_ACCURACY
+    return searcher.probe
 
 
 def searcher_class(name: Any) -> type:

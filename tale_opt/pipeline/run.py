@@ -22,6 +22,7 @@ from tale_opt.pipeline import worker
 from tale_opt.pipeline.candidates import CandidateEvaluator, build_evaluator, early_stop_option
 from tale_opt.pipeline.outputs import RunWriter, write_text_atomic
 from tale_opt.pipeline.plan import SearchPlan, open_search_study, plan_search
+from tale_opt.pipeline.progress import RoundProgress
 from tale_opt.pipeline.significance import (
     chance_level,
     noise_warnings,
@@ -35,11 +36,15 @@ from tale_opt.pipeline.summary import (
     evaluate_heldout,
     pick_configurations,
 )
-from tale_opt.pipeline.summary_table import format_summary_table
+from tale_opt.pipeline.summary_table import describe_probe_text, format_summary_table
 from tale_opt.pipeline.tracking import SearchTracking
 from tale_opt.reporting.plots import write_search_plots
 from tale_opt.stats import accuracy_interval, format_accuracy
-from tale_opt.types import TASK_ACCURACY, Observation, SearchResult
+from tale_opt.types import PERPLEXITY, TASK_ACCURACY, Observation, SearchResult
+
+# Probes whose score means something on its own (the hidden-state probes report per-layer
+# statistics in their metrics and a placeholder score).
+SCORED_PROBES = (TASK_ACCURACY, PERPLEXITY)
 
 log = logging.getLogger("tale_opt")
 
@@ -55,9 +60,8 @@ def run(
     plan = plan_search(cfg)
     evaluate = None
     if plan.workers == 0:  # load the model before anything is recorded: it may not load
-        evaluate = CandidateEvaluator(
-            plan.config, task=plan.task, splits=plan.splits, progress=True
-        )
+        # No bar per candidate: the console shows one line per round (`progress.py`).
+        evaluate = CandidateEvaluator(plan.config, task=plan.task, splits=plan.splits)
     open_search_study(plan)
     tracking = SearchTracking.start(cfg, launch_dir=launch_dir, study=plan.study_name)
     try:
@@ -151,22 +155,21 @@ def _search(
             log.info("optimization split, %s", round_sentence(test))
         reported = max(reported, len(trajectory))
 
+    progress = RoundProgress()
+
     def record(obs: Observation, trial: Any) -> None:
-        log.info(
-            "round %d drop %s: score %s%.4f (trial %d)",
-            len(obs.drop), obs.drop, "" if obs.complete else "<= ", obs.score, trial.number,
-        )  # fmt: skip
-        if not obs.complete:
-            log.info(
-                "  stopped early after %d of %d examples: cannot beat drop {%s}",
-                obs.metrics.get("n_seen", 0), obs.metrics.get("n_examples", 0),
-                obs.extras.get("bounded_by", {}).get("drop", "?"),
-            )  # fmt: skip
+        _log_candidate(obs, trial.number)  # DEBUG: the console shows the round's line
         writer.record_candidate(obs)
         tracking.log_configuration(obs)
         if not obs.drop and obs.candidate.probe == TASK_ACCURACY and obs.complete:
             writer.write_predictions("optimization_baseline", obs.extras.get("predictions", []))
             _log_baseline(obs.metrics, chance, plan.cfg["eval"].get("scoring"), plan.task)
+        elif not obs.drop and obs.candidate.probe == PERPLEXITY:
+            log.info(
+                "baseline: perplexity %.2f on the probe text (%s), not on the task",
+                -obs.score, describe_probe_text(searcher.text),
+            )  # fmt: skip
+        progress.observed(obs, searcher.propose())
         # After every candidate, for greedy and one-shot searchers alike.
         accepted = searcher.accepted
         writer.write_accepted(accepted, searcher.threshold)
@@ -174,25 +177,47 @@ def _search(
             report_accepted(accepted)
 
     try:
-        result = run_coordinator(
-            plan.study,
-            searcher,
-            evaluate=evaluate,
-            on_observation=record,
-            poll_interval=plan.storage.poll_interval,
-            lost_after=2 * plan.storage.grace_period,
-            max_retry=plan.storage.max_retry,
-            check_workers=local.check if local is not None else lambda: None,
-            early_stop=early_stop_option(plan.cfg),
-        )
+        with progress.console():
+            result = run_coordinator(
+                plan.study,
+                searcher,
+                evaluate=evaluate,
+                on_observation=record,
+                poll_interval=plan.storage.poll_interval,
+                lost_after=2 * plan.storage.grace_period,
+                max_retry=plan.storage.max_retry,
+                check_workers=local.check if local is not None else lambda: None,
+                early_stop=early_stop_option(plan.cfg),
+            )
     except BaseException:
         if local is not None:
             local.stop(timeout=0)  # their trials go stale and are retried on resume
         raise
+    finally:
+        progress.close()
     if local is not None:
         local.stop()
     writer.write_accepted(result.trajectory, result.threshold)
     return result
+
+
+def _log_candidate(obs: Observation, trial: int) -> None:
+    """One candidate's outcome, at DEBUG (candidate_results.csv has every field)."""
+    if obs.candidate.probe not in SCORED_PROBES:
+        # A one-shot searcher's probe of the full model: per-layer statistics, no score.
+        log.debug("probe %s of drop %s done (trial %d)", obs.candidate.probe, obs.drop, trial)
+        return
+    log.debug(
+        "round %d drop %s: %s %s%.4f (trial %d)", len(obs.drop), obs.drop,
+        "accuracy" if obs.candidate.probe == TASK_ACCURACY else "score",
+        "" if obs.complete else "<= ", obs.score, trial,
+    )  # fmt: skip
+    if not obs.complete:
+        log.debug(
+            "  stopped early after %d of %d examples: cannot beat drop {%s}",
+            obs.metrics.get("n_seen", 0), obs.metrics.get("n_examples", 0),
+            obs.extras.get("bounded_by", {}).get("drop", "?"),
+        )  # fmt: skip
 
 
 def _log_baseline(

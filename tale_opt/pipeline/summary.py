@@ -2,7 +2,9 @@
 
 The picks are Baseline, Best, BSBA (paper), AE-HM (appendix J) and Final (the last accepted
 configuration: most layers dropped; with `n_drop=k`, the one with k). AE-HM uses the measured
-speed-up where latency was measured and the layer-count estimate otherwise.
+speed-up where latency was measured and the measurement is credible (within what removing the
+layers can give, against the full model timed in the same loop), and the layer-count estimate
+otherwise; each pick records which one it got (``speedup_source``).
 """
 
 from __future__ import annotations
@@ -39,15 +41,34 @@ def accepted_costs(
 
     names = {obs.drop.key or "baseline": obs.drop for obs in trajectory}
     if latency is not None:
-        log.info("measuring latency of %d accepted configuration(s)", len(names))
+        log.info(
+            "measuring latency of %d accepted configuration(s), interleaved with the full "
+            "model: %d repeat(s) × batch size(s) %s",
+            len(names), latency.repeats, ",".join(str(b) for b in latency.batch_sizes),
+        )  # fmt: skip
     costs = pick_costs(
         evaluator.model,
         names,
         latency,
         prepared=prepared,
         max_new_tokens=evaluator.max_new_tokens,
+        progress=lambda line: log.info("latency: %s", line),
     )
+    for name, cost in costs.items():
+        if "speedup_check" in cost and names[name]:
+            _log_speedup(names[name], cost["speedup_check"])
     return {names[name]: cost for name, cost in costs.items()}
+
+
+def _log_speedup(drop: DropSet, check: Mapping[str, Any]) -> None:
+    spread = f"repeats {check['low']:.2f}–{check['high']:.2f}×"
+    if check["credible"]:
+        log.info("drop %s: measured speed-up %.2f× (%s)", drop, check["measured"], spread)
+        return
+    log.warning(
+        "drop %s: %s (%s), so not credible; using the layer-count estimate %.3f× instead",
+        drop, check["reason"], spread, check["ceiling"],
+    )  # fmt: skip
 
 
 def evaluate_heldout(
@@ -124,13 +145,18 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
     estimate = layer_count_speedup(num_layers)
     n_eval = len(splits.evaluation)
     configs = {}
+    speedup = _speedup(num_layers, costs)
     for name, obs in picks.items():
+        cost = costs.get(obs.drop, {})
         record = {
             **observation_record(obs),
             "n_layers": num_layers - len(obs.drop),
             "speedup_estimate": round(estimate(obs), 4),
+            # What AE-HM and the table use: measured when credible, else the estimate.
+            "speedup": round(speedup(obs), 4),
+            "speedup_source": "measured" if "speedup_measured" in cost else "estimated",
         }
-        configs[name] = with_costs(record, costs.get(obs.drop, {}), n_eval, heldout[name])
+        configs[name] = with_costs(record, cost, n_eval, heldout[name])
     scoring = cfg["eval"].get("scoring")
     chance = {
         "optimization": chance_level(task, splits.optimization),
@@ -152,6 +178,7 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
         "task": task.name,
         "searcher": cfg["searcher"].get("name"),
         "probe": plan.searcher.probe,  # what ranks the layers
+        "probe_text": plan.searcher.text,  # what a text probe reads (None: no text)
         # What every `score` below is (one-shot searchers rank by a probe, then score accuracy).
         "score_probe": result.baseline.candidate.probe,
         "scoring": scoring,

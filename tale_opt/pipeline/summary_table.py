@@ -42,10 +42,28 @@ def _answers(heldout: Mapping[str, Any]) -> str:
 
 
 def _speedup(cfg: Mapping[str, Any]) -> str:
+    """``1.02× measured``, or ``~1.03× estimated`` with the refused measurement, if any."""
     measured = cfg.get("speedup_measured")
     if measured is not None:
-        return f"{measured:.2f}×"
-    return f"~{cfg['speedup_estimate']:.2f}× (est.)"
+        return f"{measured:.2f}× measured"
+    refused = (cfg.get("speedup_check") or {}).get("measured")
+    why = "" if refused is None else f" (measured {refused:.2f}× not credible)"
+    return f"~{cfg['speedup_estimate']:.2f}× estimated{why}"
+
+
+def describe_probe_text(spec: Mapping[str, Any] | None) -> str:
+    """What a text probe reads, for a line of prose: ``lambada, 32 documents``."""
+    if not spec:
+        return "its calibration text"
+    source = spec.get("source")
+    if source == "file":
+        what = f"file {spec.get('path')}"
+    elif source == "task":
+        what = "the optimization split's questions with their gold answers"
+    else:
+        what = str(source)
+    limit = spec.get("limit")
+    return what if limit is None else f"{what}, {limit} documents"
 
 
 def _chance(summary: Mapping[str, Any], split: str) -> str:
@@ -61,15 +79,20 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
     held-out examples only the pick gets right (+) and only the Baseline gets right (−), with
     the exact McNemar p-value and its verdict at α = 0.05. "top answer" is the most frequent
     held-out answer and its share: near 100% the model answers one label whatever it is asked.
-    Speed-up is measured end-to-end generate time where latency was measured, else the
-    layer-count estimate L / (L - k), marked "est.".
+    Speed-up is the end-to-end generate time against the full model timed in the same loop,
+    marked "measured", where latency was measured and the figure is physically possible;
+    else the layer-count estimate L / (L - k), marked "estimated" (with the refused
+    measurement, if there was one).
     A perplexity-probe searcher (SLEB) ranks by perplexity on its probe text: its optimization
     column shows that perplexity; held-out columns are task accuracy for every searcher.
     """
     probe = summary.get("score_probe", "task_accuracy")
     accuracy = probe == "task_accuracy"
     opt_head = "opt acc % [95% CI]" if accuracy else f"opt {probe}"
-    threshold = f"{_pct(summary['threshold'])}%" if accuracy else "-"
+    # No threshold at all with n_drop=k (and for one-shot rankers): then say nothing.
+    threshold = ""
+    if accuracy and summary.get("threshold") is not None:
+        threshold = f" · threshold {_pct(summary['threshold'])}%"
 
     def opt(cfg: Mapping[str, Any], unit: str = "") -> str:
         score = cfg.get("score")
@@ -80,12 +103,18 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
 
     baseline = summary.get("baseline") or {}
     opt_baseline = opt({**baseline, "score": summary["baseline_accuracy"]}, "%")
+    if accuracy:
+        where = (
+            f"on {summary['n_opt']} optimization examples · chance "
+            f"{_chance(summary, 'optimization')}"
+        )
+    else:  # a perplexity searcher ranks by its probe text, not by the task
+        opt_baseline = f"{probe} {opt_baseline}"
+        where = f"on the probe text ({describe_probe_text(summary.get('probe_text'))})"
     head = (
         f"{summary.get('searcher', 'tale')} search — model {summary['model']} · task "
         f"{summary['task']} · scoring {summary['scoring']} · seed {summary['seed']}\n"
-        f"baseline {opt_baseline} on {summary['n_opt']} optimization "
-        f"examples · chance {_chance(summary, 'optimization')} · threshold {threshold} · "
-        f"stop: {summary['stop_reason']}\n"
+        f"baseline {opt_baseline} {where}{threshold} · stop: {summary['stop_reason']}\n"
     )
     lines = [
         f"| config | layers dropped (0-based) | layers | {opt_head} | held-out acc % [95% CI] "

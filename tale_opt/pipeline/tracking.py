@@ -42,7 +42,7 @@ _NOT_PARAMS = ("debug",)
 # Child-run artifact with a probe's per-layer values.
 PROBE_VALUES = "probe_values.json"
 # Per accepted configuration, what the search adds to its child run after the search.
-_COST_KEYS = ("latency", "speedup_measured")
+_COST_KEYS = ("latency", "speedup_measured", "speedup_check")
 
 
 def search_run_name(tags: Mapping[str, str]) -> str:
