@@ -18,8 +18,9 @@ from typing import Any
 
 from tale_opt.coordination.coordinator import run_coordinator
 from tale_opt.coordination.local_workers import LocalWorkers
+from tale_opt.coordination.racing import NONE, describe_stop
 from tale_opt.pipeline import worker
-from tale_opt.pipeline.candidates import CandidateEvaluator, build_evaluator, early_stop_option
+from tale_opt.pipeline.candidates import CandidateEvaluator, build_evaluator
 from tale_opt.pipeline.outputs import RunWriter, write_text_atomic
 from tale_opt.pipeline.plan import SearchPlan, open_search_study, plan_search
 from tale_opt.pipeline.significance import (
@@ -38,7 +39,7 @@ from tale_opt.pipeline.summary import (
 from tale_opt.pipeline.summary_table import format_summary_table
 from tale_opt.pipeline.tracking import SearchTracking
 from tale_opt.reporting.plots import write_search_plots
-from tale_opt.stats import accuracy_interval, format_accuracy
+from tale_opt.stats import SO_FAR, accuracy_interval, format_accuracy, so_far_interval
 from tale_opt.types import TASK_ACCURACY, Observation, SearchResult
 
 log = logging.getLogger("tale_opt")
@@ -110,8 +111,11 @@ def _run(
             "heldout_s": round(finished - measured, 2),
             "total_s": round(finished - started, 2),
             "candidates": len(result.observations),
-            # stopped early (eval.early_stop): they could not beat their round's leader
+            # stopped early by the pruner: bounded by (exact) or raced out against their
+            # round's leader
             "pruned_candidates": sum(not o.complete for o in result.observations),
+            "raced_out_candidates": sum(o.raced_out for o in result.observations),
+            "pruner": plan.pruner.name,
             "per_candidate_s": round((searched - loaded) / max(1, len(result.observations)), 3),
         }
         writer.write_summary(summary)
@@ -159,12 +163,13 @@ def _search(
         )  # fmt: skip
         if not obs.complete:
             log.info(
-                "  stopped early after %d of %d examples: cannot beat drop {%s}",
+                "  stopped early after %d of %d examples (%s so far): %s",
                 obs.metrics.get("n_seen", 0), obs.metrics.get("n_examples", 0),
-                obs.extras.get("bounded_by", {}).get("drop", "?"),
+                format_accuracy(obs.metrics.get(SO_FAR), so_far_interval(obs.metrics), "%"),
+                describe_stop(obs) or "?",
             )  # fmt: skip
         writer.record_candidate(obs)
-        tracking.log_configuration(obs)
+        tracking.log_configuration(obs, curve=trial.intermediate_values)
         if not obs.drop and obs.candidate.probe == TASK_ACCURACY and obs.complete:
             writer.write_predictions("optimization_baseline", obs.extras.get("predictions", []))
             _log_baseline(obs.metrics, chance, plan.cfg["eval"].get("scoring"), plan.task)
@@ -184,7 +189,7 @@ def _search(
             lost_after=2 * plan.storage.grace_period,
             max_retry=plan.storage.max_retry,
             check_workers=local.check if local is not None else lambda: None,
-            early_stop=early_stop_option(plan.cfg),
+            early_stop=plan.pruner.name != NONE,
         )
     except BaseException:
         if local is not None:

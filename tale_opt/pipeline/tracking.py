@@ -22,7 +22,7 @@ from tale_opt.tracking import (
     search_key,
     search_tags,
 )
-from tale_opt.types import DropSet, Observation
+from tale_opt.types import BOUNDED_BY, RACED_OUT, DropSet, Observation
 
 # Config nodes that are not about the search itself (Hydra's own node never reaches here).
 _NOT_PARAMS = ("debug",)
@@ -69,18 +69,32 @@ class SearchTracking:
         settings = getattr(self.tracker, "settings", None)
         return None if self.parent_run_id is None or settings is None else mask(settings.uri)
 
-    def log_configuration(self, obs: Observation) -> None:
-        """One child run for an evaluated configuration (score, accuracy, TFLOPs, ...)."""
+    def log_configuration(
+        self, obs: Observation, curve: Mapping[int, float] | None = None
+    ) -> None:
+        """One child run for an evaluated configuration (score, accuracy, TFLOPs, ...), with
+        its learning curve (the trial's intermediate values) and, for a candidate stopped
+        early, why: ``stopped_by`` and the rule's numbers (``raced_out.*`` / ``bounded_by.*``)."""
         if self.parent_run_id is None:
             return
-        metrics = {"score": obs.score, **dict(obs.metrics)}
+        metrics: dict[str, Any] = {"score": obs.score, **dict(obs.metrics)}
+        params: dict[str, Any] = {}
+        for key in (RACED_OUT, BOUNDED_BY):
+            detail = obs.extras.get(key)
+            if not obs.complete and isinstance(detail, Mapping):
+                params["stopped_by"] = detail.get("pruner", "exact")
+                for name, value in detail.items():
+                    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+                    (metrics if numeric else params)[f"{key}.{name}"] = value
         run_id = self.tracker.log_configuration(
             self.parent_run_id,
             obs.drop.key,
             len(obs.drop),
             metrics,
+            params or None,
             status=obs.status.value,
             probe=obs.candidate.probe,
+            curve=curve,
         )
         if run_id is not None:
             self._children[obs.candidate.key] = run_id

@@ -63,6 +63,7 @@ class Tracker(abc.ABC):
         *,
         status: str = "complete",
         probe: str = "task_accuracy",
+        curve: Mapping[int, float] | None = None,
     ) -> str | None:
         """Record one evaluated configuration as a child run of `parent_run_id`.
 
@@ -80,6 +81,8 @@ class Tracker(abc.ABC):
             status: "complete", or "pruned" when the score is an upper bound.
             probe: What scored it; a probe of the full model (one-shot searchers) and its
                 task accuracy are two child runs.
+            curve: The learning curve, step (examples seen) -> running accuracy (the trial's
+                intermediate values), logged as the metric `CURVE_METRIC` with those steps.
         """
 
     @abc.abstractmethod
@@ -117,6 +120,7 @@ class NullTracker(Tracker):
         *,
         status="complete",
         probe="task_accuracy",
+        curve=None,
     ) -> None:
         return None
 
