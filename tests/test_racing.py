@@ -466,3 +466,23 @@ def test_a_raced_search_runs_with_two_spawned_workers(tiny_model_dir, tmp_path):
     workers = {t.user_attrs.get(st.WORKER) for t in trials}
     assert len(workers) >= 1 and all(workers)
     check_raced_trials(trials, tmp_path / "run")
+
+
+@pytest.mark.parametrize("scoring", ["letters", "loglik", "generate"])
+def test_batch_order_is_what_the_race_hook_sees_arrive(scoring):
+    from tests.test_early_termination import tiny_setup
+
+    _, _, _, examples, evaluator = tiny_setup(2, scoring, n=11, batch_size=3)
+    prepared = evaluator.prepare(examples)
+    arrived: list[tuple[int, ...]] = []
+    before: set[int] = set()
+
+    def race(state: RaceState) -> bool:
+        arrived.append(tuple(i for i in state.correct if i not in before))
+        before.update(state.correct)
+        return True
+
+    evaluator.evaluate(prepared, D((1,)), race=race)
+    assert arrived[0] == ()  # the call before the first batch
+    assert arrived[1:] == evaluator.batch_order(prepared)
+    assert sorted(i for batch in arrived for i in batch) == list(range(11))

@@ -42,6 +42,7 @@ from tale_opt.evaluation.results import EvalResult, Prediction
 from tale_opt.evaluation.scoring import (
     Progress,
     StopCondition,
+    finished_per_batch,
     generate_texts,
     loglik_sequence_count,
     score_continuations,
@@ -348,6 +349,13 @@ class Evaluator:
             with resumed(self.model, drop, self._usable(prefix, prepared)):
                 predictions = self._predict(prepared, bar.update, race, kv)
         return self._result(prepared, predictions, time.perf_counter() - start)
+
+    def batch_order(self, prepared: PreparedSplit) -> list[tuple[int, ...]]:
+        """The examples each batch of `evaluate` scores, in order: what its race hook sees
+        arrive after each batch (the same for every candidate of a run, so a replay of
+        stored outcomes batch by batch races exactly like a live evaluation)."""
+        loglik = prepared.continuation_ids if self.scoring == "loglik" else None
+        return finished_per_batch(prepared.row_prompt_ids, loglik, self.batch_size)
 
     def prefix_cache(
         self, prepared: PreparedSplit, base: DropSet, *, budget_gb: float
