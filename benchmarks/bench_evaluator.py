@@ -130,7 +130,7 @@ def early_terminated(reuse: PrefixReuse) -> Callable[[DropSet], Any]:
         def bound(max_correct: int) -> bool:
             return not incumbent or Searcher.can_still_win(drop, max_correct, *incumbent[0])
 
-        result = reuse.evaluate(drop, base=ROUND_BASE, can_still_win=bound)
+        result = reuse.evaluate(drop, base=ROUND_BASE, race=lambda state: bound(state.max_correct))
         if result.complete and (not incumbent or bound(result.n_correct)):
             incumbent[:] = [(drop, result.n_correct)]
         return result

@@ -160,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    source = f"{args.tracking_uri} plus {len(previous)} seed(s) recorded in {args.previous.name}"
+    source = (
+        f"{args.tracking_uri} ({len(live)}) and the Seeds table of an earlier "
+        f"{args.previous.name} ({len(previous)})"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     md = args.out / STABILITY_MD
     md.write_text(stability_markdown(data, source))

@@ -29,7 +29,8 @@ class Searcher(abc.ABC):
 
     * `propose()` is a query: it returns the same candidates until `observe` is called, and
       never a candidate that was already observed in full. A candidate observed only as pruned
-      is proposed again (to be evaluated in full) unless its upper bound proves it cannot win.
+      is proposed again (to be evaluated in full) unless its upper bound proves it cannot win
+      or a racing pruner raced it out (`Observation.raced_out`: it lost its round).
       An empty list while not `done` means "wait for results still in flight".
     * `observe()` is idempotent and order-insensitive: state is derived from a memo keyed by
       candidate (merged with `merge`), so replaying completed trials in any order rebuilds the
@@ -45,8 +46,9 @@ class Searcher(abc.ABC):
             the searcher reads no text [None].
         protected: layers never removed, 0-based [()].
         early_termination: whether workers may stop a candidate once `can_still_win` says it
-            cannot win its round; only for searchers whose rounds are won by `rank_key`, over
-            counts of correct examples [False].
+            cannot win its round, or race it out against its round's leader (racing
+            pruners); only for searchers whose rounds are won by `rank_key`, over counts of
+            correct examples [False].
         threshold: the score an accepted configuration must reach, None without one [None].
         accepted: the configurations accepted so far, baseline first; searchers that accept
             one at a time report them as they go, the others only in `result()` [()].

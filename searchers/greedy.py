@@ -31,7 +31,7 @@ class RoundState:
 
     round: int  # 0 = baseline, k = choosing the k-th layer to drop
     current: DropSet
-    pending: tuple[Candidate, ...]  # this round's unsettled: unseen, or pruned and not outranked
+    pending: tuple[Candidate, ...]  # this round's unsettled: unseen, or bounded and not outranked
     trajectory: tuple[Observation, ...]  # accepted configurations, baseline first
     stop_reason: str | None
     incumbent: Observation | None  # best complete observation of the current round so far
@@ -61,8 +61,9 @@ class GreedyElimination(Searcher):
     (`Searcher.can_still_win`) meets a strong incumbent soon: round 1 in ascending layer order,
     later rounds by the score the same layer's removal got in the previous round (best first).
     A pruned observation settles its candidate only while a complete observation of the same
-    round outranks its upper bound (the proof that it cannot win); otherwise the candidate is
-    proposed again, to be evaluated in full.
+    round outranks its upper bound (the proof that it cannot win), or when a racing pruner
+    raced it out (`Observation.raced_out`: it lost its round by the pruner's rule); otherwise
+    the candidate is proposed again, to be evaluated in full.
     """
 
     name = "tale"
@@ -234,11 +235,12 @@ class GreedyElimination(Searcher):
     def _settled(
         self, candidate: Candidate, layer: int, best: tuple[int, Observation] | None
     ) -> bool:
-        """Observed in full, or pruned with a bound that this round's best outranks."""
+        """Observed in full, raced out, or pruned with a bound that this round's best
+        outranks."""
         known = self._memo.get(candidate.key)
         if known is None:
             return False
-        if known.complete:
+        if known.complete or known.raced_out:
             return True
         if best is None:
             return False

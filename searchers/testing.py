@@ -22,6 +22,7 @@ from tale_opt.types import (
     BLOCK_INFLUENCE,
     PERPLEXITY,
     PROBES,
+    RACED_OUT,
     TASK_ACCURACY,
     Candidate,
     DropSet,
@@ -223,6 +224,47 @@ class PruningEvaluator:
         return pruned_observation(candidate, bound)
 
 
+class RacingEvaluator:
+    """The fake evaluator, with a racing pruner that stops task-accuracy candidates whose
+    round already has a completed candidate (as `tale_opt.coordination.racing` does).
+
+    A candidate is raced out (PRUNED, ``extras["raced_out"]``, its score a valid upper bound)
+    when it truly scores below its round's best completed rival (`Searcher.best_rival`), or,
+    with `mistakes`, also by a seeded coin whatever its score: racing is a statistical rule and
+    may stop a candidate that would have won. Every other evaluation is complete.
+
+    `check` is a proposal check: a searcher must never propose a raced-out candidate again.
+    """
+
+    def __init__(self, searcher: Searcher, seed: int, mistakes: bool = False) -> None:
+        self.searcher, self.seed, self.mistakes = searcher, seed, mistakes
+        self.completed: list[tuple[DropSet, int]] = []
+        self.raced: set[str] = set()
+
+    def check(self, batch: list[Candidate]) -> None:
+        again = {c.key for c in batch} & self.raced
+        assert not again, f"re-proposed {sorted(again)}, which a racing pruner raced out"
+
+    def __call__(self, candidate: Candidate) -> Observation:
+        full = fake_observation(candidate, self.searcher.num_layers, self.seed)
+        if candidate.probe != TASK_ACCURACY:
+            return full
+        correct = round(full.score * N_EXAMPLES)
+        rival = Searcher.best_rival(candidate.drop, self.completed)
+        rng = random.Random(f"{self.seed}:{candidate.key}:race")
+        loses = rival is not None and not Searcher.can_still_win(candidate.drop, correct, *rival)
+        coin = self.mistakes and rival is not None and rng.random() < 0.5
+        if not self.searcher.early_termination or not (loses or coin):
+            self.completed.append((candidate.drop, correct))
+            return full
+        self.raced.add(candidate.key)
+        seen = N_EXAMPLES // 2
+        bound = min(N_EXAMPLES, correct + rng.choice([0, 1, 3]) + N_EXAMPLES - seen)
+        metrics = {"n_examples": N_EXAMPLES, "n_seen": seen, "max_correct": bound}
+        extras = {RACED_OUT: {"pruner": "fake", "leader": rival[0].key}}
+        return Observation(candidate, bound / N_EXAMPLES, metrics, extras, Status.PRUNED)
+
+
 def same_search(result: SearchResult, reference: SearchResult) -> None:
     """Everything but `observations` (which keep pruned bounds) is the reference's."""
     for field in ("baseline", "threshold", "trajectory", "best", "bsba", "stop_reason"):
@@ -347,6 +389,22 @@ class SearcherContract:
             result = searcher.result()
             same_search(result, reference)
             assert all(o.complete for o in result.trajectory), "a bound was accepted as a score"
+
+    def test_raced_out_candidates_are_settled(self) -> None:
+        """A candidate a racing pruner stopped lost its round: it is never proposed again,
+        never accepted, and racing out only true losers changes nothing of the search."""
+        for seed in self.seeds:
+            reference, _ = self.run(self.make_searcher(self.num_layers), seed=seed)
+            for mistakes in (False, True):
+                searcher = self.make_searcher(self.num_layers)
+                evaluate = RacingEvaluator(searcher, seed, mistakes)
+                seen = self.drive(searcher, evaluate, evaluate.check)
+                result = searcher.result()
+                assert all(o.complete for o in result.trajectory), "a raced-out bound accepted"
+                if not mistakes:
+                    same_search(result, reference)
+                replayed = self.replay(seen, seed)
+                assert replayed.done and replayed.result() == result
 
     def test_replay_with_pruned_observations_rebuilds_the_same_result(self) -> None:
         """Observations of one candidate merge by `Searcher.merge` in any order."""

@@ -9,6 +9,9 @@ Every accuracy tale_opt reports is a proportion of examples answered correctly, 
   information, and under "no difference" each of them is a fair coin flip, so the two-sided
   p-value is an exact binomial tail. A paired test is far more sensitive than comparing two
   intervals, because most examples are right (or wrong) for both configurations;
+* whether a candidate still beats its round's leader, on a split where the leader's outcome on
+  every example is known and the candidate's on some: the **paired beta-binomial predictive
+  probability** (`paired_win_probability`) that racing uses;
 * a multiple-choice task's **chance accuracy** is the mean over its examples of 1 / number of
   options: a model that guesses uniformly scores that on average. A baseline whose interval
   contains it cannot be told apart from guessing, and a search on it ranks noise.
@@ -31,6 +34,9 @@ ALPHA = 0.05
 
 # Metric keys of the 95% Wilson interval of a recorded `accuracy`.
 CI_LOW, CI_HIGH = "accuracy_ci_low", "accuracy_ci_high"
+# Metric keys of a stopped evaluation's accuracy on the examples it scored, with its interval.
+SO_FAR = "accuracy_so_far"
+SO_FAR_CI_LOW, SO_FAR_CI_HIGH = f"{SO_FAR}_ci_low", f"{SO_FAR}_ci_high"
 
 BETTER = "better"
 WORSE = "worse"
@@ -169,6 +175,91 @@ def paired_comparison(
     )
 
 
+def beta_binomial_pmf(n: int, a: float, b: float) -> list[float]:
+    """P[X = k] for k = 0..n of X ~ BetaBinomial(n, a, b): the number of successes in `n` more
+    trials whose success rate has a Beta(a, b) distribution.
+
+    Raises:
+        ValueError: `n < 0`, or `a` or `b` not positive.
+    """
+    if isinstance(n, bool) or int(n) != n or n < 0:
+        raise ValueError(f"`n >= 0` must be an integer, but got n={n!r}")
+    if not (a > 0 and b > 0):
+        raise ValueError(f"`a > 0` and `b > 0` must hold, but got (a={a!r}, b={b!r})")
+
+    def log_beta(x: float, y: float) -> float:
+        return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
+
+    base = log_beta(a, b)
+    log_n = math.lgamma(n + 1)
+    return [
+        math.exp(
+            log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+            + log_beta(k + a, n - k + b) - base
+        )
+        for k in range(n + 1)
+    ]  # fmt: skip
+
+
+def paired_win_probability(
+    mine: Mapping[int, bool],
+    leader: Mapping[int, bool],
+    need: int,
+    prior: tuple[float, float] = (1.0, 1.0),
+) -> float:
+    """The predictive probability that a candidate ends with at least `need` examples right.
+
+    `leader` holds the round leader's outcome on every example of the split (index -> right),
+    `mine` the candidate's on the examples scored so far. The examples are split by the
+    leader's outcome: the candidate's chance of being right where the leader is right, and
+    where it is wrong, each get a Beta(`prior`) prior updated with the examples both have seen
+    (the pairing: they answer the same questions, and a candidate tends to get right what the
+    leader gets right). The candidate's count on the examples still to score is then the sum
+    of two independent beta-binomial counts, one per stratum, sized by how many of those
+    examples the leader got right or wrong (known), and the probability is exact.
+
+    `need` is the leader's count, plus one when the candidate loses a tie (`rank_key`).
+
+    Raises:
+        ValueError: `mine` names an example `leader` does not have; a prior count not > 0.
+    """
+    unknown = set(mine) - set(leader)
+    if unknown:
+        raise ValueError(
+            f"the candidate's outcomes name examples the leader's do not: {sorted(unknown)[:5]}"
+        )
+    seen = {True: [0, 0], False: [0, 0]}  # leader right / wrong -> [candidate right, seen]
+    for i, right in mine.items():
+        counts = seen[leader[i]]
+        counts[0] += bool(right)
+        counts[1] += 1
+    left = {True: 0, False: 0}  # examples not scored yet, by the leader's outcome
+    for i, right in leader.items():
+        if i not in mine:
+            left[bool(right)] += 1
+    short = need - (seen[True][0] + seen[False][0])
+    if short <= 0:
+        return 1.0
+    if short > left[True] + left[False]:
+        return 0.0
+    a, b = prior
+    pmfs = {
+        stratum: beta_binomial_pmf(
+            left[stratum], a + seen[stratum][0], b + seen[stratum][1] - seen[stratum][0]
+        )
+        for stratum in (True, False)
+    }
+    # tail[j] = P[right where the leader is right >= j], j = 0 .. left[True] + 1.
+    tail = [0.0] * (left[True] + 2)
+    for j in range(left[True], -1, -1):
+        tail[j] = tail[j + 1] + pmfs[True][j]
+    total = 0.0
+    for k, p in enumerate(pmfs[False]):
+        j = short - k
+        total += p * (1.0 if j <= 0 else tail[j] if j <= left[True] else 0.0)
+    return min(1.0, max(0.0, total))
+
+
 def chance_accuracy(option_counts: Iterable[int]) -> float | None:
     """Expected accuracy of uniform guessing: the mean of 1 / options over the examples.
 
@@ -207,6 +298,12 @@ def accuracy_interval(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
     return wilson_interval(int(correct), int(n))
 
 
+def so_far_interval(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The 95% interval of a stopped evaluation's `accuracy_so_far`; None without one."""
+    low, high = metrics.get(SO_FAR_CI_LOW), metrics.get(SO_FAR_CI_HIGH)
+    return None if low is None or high is None else (float(low), float(high))
+
+
 def format_p(p: float) -> str:
     """``p = 0.077``, ``p < 0.001``, ``p = 1.00``: as people write p-values."""
     if p < 0.001:
@@ -234,14 +331,20 @@ __all__ = [
     "CI_LOW",
     "CONFIDENCE",
     "NO_DIFFERENCE",
+    "SO_FAR",
+    "SO_FAR_CI_HIGH",
+    "SO_FAR_CI_LOW",
     "WORSE",
     "PairedComparison",
     "accuracy_interval",
+    "beta_binomial_pmf",
     "chance_accuracy",
     "format_accuracy",
     "format_p",
     "majority_share",
     "mcnemar_exact",
     "paired_comparison",
+    "paired_win_probability",
+    "so_far_interval",
     "wilson_interval",
 ]

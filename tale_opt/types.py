@@ -92,9 +92,19 @@ class Candidate:
 
 class Status(enum.StrEnum):
     COMPLETE = "complete"
-    # Evaluation stopped early because the candidate provably cannot beat the incumbent;
+    # Evaluation stopped early: the candidate provably cannot beat the incumbent (exact
+    # early termination), or a racing pruner judged it out of its round (`RACED_OUT`);
     # `score` is then an upper bound on the score a full evaluation would give.
     PRUNED = "pruned"
+
+
+# `Observation.extras` key of a pruned observation that a racing pruner stopped: the candidate
+# lost its round (by the pruner's rule, not by proof), so a searcher settles it (never
+# proposes it again); the value says why (pruner, its numbers).
+RACED_OUT = "raced_out"
+# `Observation.extras` key of a pruned observation that exact early termination stopped: the
+# completed rival whose count its upper bound cannot beat ({"drop": key, "n_correct": k}).
+BOUNDED_BY = "bounded_by"
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,11 @@ class Observation:
     @property
     def complete(self) -> bool:
         return self.status is Status.COMPLETE
+
+    @property
+    def raced_out(self) -> bool:
+        """Stopped by a racing pruner: it lost its round (see `RACED_OUT`)."""
+        return self.status is Status.PRUNED and RACED_OUT in self.extras
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from searchers.greedy import GreedyElimination
 from searchers.testing import fake_score
+from tale_opt.outcomes import OUTCOMES_KEY, Race, RaceState, outcome_record
 from tale_opt.types import Candidate, Observation, Status
 
 NUM_LAYERS = 8
@@ -132,8 +133,9 @@ def exit_with(code: int, threads: int, parent_pid: int) -> None:
 
 @dataclass
 class CountingEvaluate:
-    """Scores drop sets by counting correct examples, `batch` at a time, and supports exact
-    early termination like `CandidateEvaluator` (``evaluate(candidate, can_still_win=...)``).
+    """Scores drop sets by counting correct examples, `batch` at a time, and takes a race hook
+    like `CandidateEvaluator` (``evaluate(candidate, race=...)``): the learning curve, exact
+    early termination and racing see the same per-example outcomes as with a model.
 
     Per-example outcomes come from `outcomes` (drop key -> list of bools) or, when None, are
     drawn deterministically per drop set (any process draws the same) with `fake_score` as
@@ -144,7 +146,7 @@ class CountingEvaluate:
     n: int = 16
     batch: int = 2
     outcomes: dict[str, list[bool]] | None = None
-    supports_early_stop = True
+    supports_race = True
 
     def correct(self, candidate: Candidate) -> list[bool]:
         if self.outcomes is not None:
@@ -153,16 +155,24 @@ class CountingEvaluate:
         chance = fake_score(candidate, NUM_LAYERS, self.seed)
         return [rng.random() < chance for _ in range(self.n)]
 
-    def __call__(
-        self, candidate: Candidate, *, can_still_win: Callable[[int], bool] | None = None
-    ) -> Observation:
+    def __call__(self, candidate: Candidate, *, race: Race | None = None) -> Observation:
         right_or_wrong = self.correct(candidate)
         n, right = len(right_or_wrong), 0
+        seen: dict[int, bool] = {}
+        go_on = race is None or race(RaceState(n, seen, 0))
         for start in range(0, n, self.batch):
-            seen = min(start + self.batch, n)
-            right += sum(right_or_wrong[start:seen])
-            if seen < n and can_still_win is not None and not can_still_win(right + n - seen):
-                bound = right + n - seen
-                metrics = {"n_examples": n, "n_seen": seen, "n_correct_so_far": right}
-                return Observation(candidate, bound / n, metrics, status=Status.PRUNED)
-        return Observation(candidate, right / n, {"n_examples": n, "n_correct": right})
+            if not go_on:
+                break
+            for i in range(start, min(start + self.batch, n)):
+                seen[i] = right_or_wrong[i]
+                right += right_or_wrong[i]
+            go_on = race is None or race(RaceState(n, seen, right))
+        record = outcome_record(n, seen)
+        if len(seen) < n:
+            bound = right + n - len(seen)
+            metrics = {"n_examples": n, "n_seen": len(seen), "n_correct_so_far": right,
+                       "upper_bound": bound / n}  # fmt: skip
+            extras = {OUTCOMES_KEY: record}
+            return Observation(candidate, bound / n, metrics, extras, status=Status.PRUNED)
+        metrics = {"n_examples": n, "n_correct": right}
+        return Observation(candidate, right / n, metrics, {OUTCOMES_KEY: record})

@@ -201,12 +201,20 @@ def test_the_worker_config_composes_with_every_storage(storage, monkeypatch):
         (["searcher.min_keeps=2"], "Did you mean 'searcher.min_keep'?"),
         (["eval.batch_size=abc"], "`eval.batch_size` must be an integer, but got 'abc'"),
         (["storage.poll_interval=x"], "`storage.poll_interval` must be a number, but got 'x'"),
-        (["eval.early_stop=maybe"], "`eval.early_stop` must be true or false, but got 'maybe'"),
+        (["pruner=paired", "pruner.delta=abc"], "`pruner.delta` must be a number, but got 'abc'"),
+        (["pruner=pairs"], "unknown pruner 'pairs'. Did you mean 'paired'?"),
+        (
+            ["eval.early_stop=false"],
+            "eval.early_stop was replaced by the pruner group: "
+            "eval.early_stop=false is pruner=none",
+        ),
+        (["-m", "eval.early_stop=true,false"], "eval.early_stop=true is pruner=exact"),
         (["latency.repeats=3.5"], "`latency.repeats` must be an integer, but got '3.5'"),
         (["-m", "task=arc_easy,mmlux"], "unknown task 'mmlux'. Did you mean 'mmlu'?"),
     ],
 )
 def test_composition_errors_are_one_line(argv, message):
+    # (eval.early_stop is refused by name, in a single run and a sweep alike.)
     with pytest.raises(UsageError) as caught:
         precheck(argv)
     assert message in str(caught.value) and "\n" not in str(caught.value)

@@ -175,7 +175,7 @@ def test_the_evaluator_stops_after_the_first_batch_that_cannot_win(scoring):
     n = full.n_examples
     # A rule that never gives up sees the reachable count before and after every batch.
     reach: list[int] = []
-    again = evaluator.evaluate(prepared, drop, can_still_win=lambda m: reach.append(m) or True)
+    again = evaluator.evaluate(prepared, drop, race=lambda s: reach.append(s.max_correct) or True)
     assert again.complete and again.predictions == full.predictions  # it changes nothing
     assert reach[0] == n and reach[-1] == full.n_correct
     assert all(a >= b for a, b in zip(reach, reach[1:], strict=False))
@@ -184,11 +184,11 @@ def test_the_evaluator_stops_after_the_first_batch_that_cannot_win(scoring):
     first = reach.index(target)
     calls: list[int] = []
 
-    def rule(max_correct: int) -> bool:
-        calls.append(max_correct)
-        return max_correct > target
+    def rule(state) -> bool:
+        calls.append(state.max_correct)
+        return state.max_correct > target
 
-    stopped = evaluator.evaluate(prepared, drop, can_still_win=rule)
+    stopped = evaluator.evaluate(prepared, drop, race=rule)
     assert calls == reach[: first + 1]  # after exactly the first batch that cannot win
     assert not stopped.complete and 0 < stopped.n_seen < n
     assert stopped.max_correct == target >= full.n_correct  # a valid upper bound
@@ -208,7 +208,7 @@ def test_the_evaluator_stops_after_the_first_batch_that_cannot_win(scoring):
 def test_a_candidate_that_cannot_even_tie_is_not_evaluated_at_all():
     _, _, _, examples, evaluator = tiny_setup(1, "letters")
     prepared = evaluator.prepare(examples)
-    stopped = evaluator.evaluate(prepared, D((4,)), can_still_win=lambda m: m > len(examples))
+    stopped = evaluator.evaluate(prepared, D((4,)), race=lambda s: s.max_correct > len(examples))
     assert stopped.n_seen == 0 and stopped.max_correct == len(examples)
     assert stopped.predictions == []
 

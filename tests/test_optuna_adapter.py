@@ -94,3 +94,34 @@ def test_optunas_trial_cache_calls_only_storage_methods_that_are_retried():
     unknown = called - retried
     assert not unknown, f"Optuna's trial cache calls storage methods not retried: {unknown}"
     assert set(adapter.PRIVATE_RDB_OPERATIONS) <= called | {"_get_stale_trial_ids"}
+
+
+def test_optunas_pruners_reach_the_trials_through_what_round_view_restricts():
+    """`round_view` restricts what Successive Halving and Hyperband compare by filtering the
+    storage under a study: they must read trials through the study (or a bracket study built
+    on its ``_storage``) and record rungs through ``study._storage``."""
+    from optuna.pruners import _hyperband, _successive_halving
+
+    halving = inspect.getsource(_successive_halving.SuccessiveHalvingPruner.prune)
+    assert "study.get_trials(" in halving and "study._storage.set_trial_system_attr(" in halving
+    assert _successive_halving._completed_rung_key(2) == f"{adapter.RUNG_PREFIX}2"
+    bracket = inspect.getsource(_hyperband.HyperbandPruner._create_bracket_study)
+    assert "storage=study._storage" in bracket and "super()._get_trials(" in bracket
+
+
+def test_a_round_view_shows_only_the_kept_trials_and_writes_through():
+    study = optuna.create_study(direction="maximize")
+    for value in (0.1, 0.9, 0.5):
+        trial = study.ask()
+        trial.set_user_attr("keep", value != 0.9)
+        study.tell(trial, value)
+    running = study.ask()  # in flight, as the trial a pruner judges
+    running.set_user_attr("keep", True)
+    view = adapter.round_view(study, lambda t: t.user_attrs["keep"])
+    assert [t.value for t in view.get_trials()] == [0.1, 0.5, None]
+    assert view.study_name == study.study_name and view.direction == study.direction
+    # What a pruner writes through the view lands on the study's own trial.
+    kept = view.get_trials()[-1]
+    view._storage.set_trial_system_attr(kept._trial_id, f"{adapter.RUNG_PREFIX}0", 0.1)
+    (again,) = [t for t in study.get_trials() if t.number == running.number]
+    assert adapter.completed_rungs(again) == 1

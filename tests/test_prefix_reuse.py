@@ -233,13 +233,11 @@ def test_early_termination_and_prefix_reuse_combine_exactly(tokenizer, task):
     evaluator, prepared = setup("llama", "letters", tokenizer, task)
     cache = evaluator.prefix_cache(prepared, DropSet(), budget_gb=1.0)
 
-    def stop_after_first_batch(max_correct: int) -> bool:
-        return max_correct == len(prepared)  # True before the first batch only
+    def stop_after_first_batch(state) -> bool:
+        return state.n_seen == 0  # True before the first batch only
 
-    plain = evaluator.evaluate(prepared, DropSet((2,)), can_still_win=stop_after_first_batch)
-    reused = evaluator.evaluate(
-        prepared, DropSet((2,)), prefix=cache, can_still_win=stop_after_first_batch
-    )
+    plain = evaluator.evaluate(prepared, DropSet((2,)), race=stop_after_first_batch)
+    reused = evaluator.evaluate(prepared, DropSet((2,)), prefix=cache, race=stop_after_first_batch)
     assert outcome(reused) == outcome(plain) and reused.n_seen == plain.n_seen == BATCH
 
 

@@ -13,7 +13,7 @@ from searchers.base import Searcher
 from searchers.greedy import GreedyElimination
 from searchers.random_drop import RandomDrop
 from searchers.testing import SearcherContract
-from tale_opt.types import Candidate, DropSet, Observation, SearchResult, Status
+from tale_opt.types import RACED_OUT, Candidate, DropSet, Observation, SearchResult, Status
 
 # Fails a contract that stopped bounding its loops, instead of hanging (no clock involved).
 BACKSTOP = 100_000
@@ -115,6 +115,20 @@ def test_greedy_keeps_the_higher_of_two_bounds(order):
     assert [c.drop.layers for c in searcher.propose()] == [(1,), (2,)]
 
 
+def test_greedy_settles_a_raced_out_candidate_whatever_its_bound():
+    # (1,)'s bound 0.45 proves nothing against (0,)'s 0.4, yet a racing pruner stopped it: it
+    # lost its round, so it is never proposed again and the round is decided without it.
+    raced = Observation(
+        Candidate(DropSet((1,))), 0.45, {}, {RACED_OUT: {"pruner": "paired"}}, Status.PRUNED
+    )
+    assert raced.raced_out and not pruned((1,), 0.45).raced_out
+    searcher = GreedyElimination(3, epsilon=0.5, max_drop=1)
+    searcher.observe([obs((), 0.5), obs((0,), 0.4), raced])
+    assert [c.drop.layers for c in searcher.propose()] == [(2,)]
+    searcher.observe([obs((2,), 0.3)])
+    assert searcher.done and searcher.result().trajectory[-1].drop.layers == (0,)
+
+
 def test_a_one_shot_searcher_evaluates_a_pruned_candidate_again():
     searcher = RandomDrop(4, n_drop=2, seed=0)
     first = {c.key: c for c in searcher.propose()}
@@ -134,6 +148,7 @@ LOOPING = {
     "test_replay_in_any_order_rebuilds_the_same_result",
     "test_pruned_observations_are_settled_or_evaluated_again",
     "test_replay_with_pruned_observations_rebuilds_the_same_result",
+    "test_raced_out_candidates_are_settled",
 }
 NOT_LOOPING = {"test_propose_is_a_query", "test_result_before_done_is_refused"}
 

@@ -55,12 +55,21 @@ def pruned_then_full(tmp_path, on_observation):
     return study, result
 
 
-def test_a_pruned_trial_keeps_its_bound_as_its_value(tmp_path):
+def test_a_pruned_trial_keeps_its_bound_in_its_result_and_its_curve_as_its_value(tmp_path):
     study, _ = pruned_then_full(tmp_path, lambda obs, trial: None)
     first = next(t for t in study.get_trials() if t.state == TrialState.PRUNED)
     obs = st.observation_of(first)
-    assert obs.status is Status.PRUNED and first.value == obs.score == 6 / 8
-    assert "score" not in first.user_attrs[st.RESULT]  # the value is its one place
+    # "2" got none of its first batch of 2 right: 0 + 6 left cannot beat "1"'s 6 (1 < 2).
+    assert obs.status is Status.PRUNED and obs.score == 6 / 8
+    assert first.user_attrs[st.RESULT]["metrics"]["upper_bound"] == 6 / 8  # its one place
+    assert "score" not in first.user_attrs[st.RESULT]
+    # Optuna's value of a pruned trial: its last intermediate value, the accuracy it saw.
+    assert first.intermediate_values == {2: 0.0} and first.value == 0.0
+    assert obs.extras["bounded_by"] == {"drop": "1", "n_correct": 6}
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    for trial in complete:  # a full curve: one point per batch of 2, the last one the score
+        assert sorted(trial.intermediate_values) == [2, 4, 6, 8]
+        assert trial.intermediate_values[8] == trial.value
 
 
 def test_a_candidate_evaluated_in_full_after_pruning_shows_the_full_result_everywhere(tmp_path):

@@ -20,7 +20,14 @@ from tale_opt.commands.schema import register_schemas
 from tale_opt.errors import UsageError, did_you_mean
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("model", "task", "searcher", "eval", "storage", "tracking", "experiment", "finetune")
+GROUPS = (
+    "model", "task", "searcher", "eval", "pruner", "storage", "tracking", "experiment", "finetune",
+)  # fmt: skip
+# Keys that once existed, with what replaced them: refused with that, not as unknown keys.
+RETIRED_KEYS = {
+    "eval.early_stop": "the pruner group: eval.early_stop=false is pruner=none, "
+    "eval.early_stop=true is pruner=exact (the default)",
+}
 SEARCHPATH_KEY = "hydra.searchpath"
 HINT = "run `python -m tale_opt --cfg job` to see the keys you can set"
 
@@ -134,6 +141,18 @@ def _group_choice(arg: str) -> tuple[str, list[str]] | None:
     return key, [c.strip() for c in value.split(",") if c.strip()]
 
 
+def check_retired_keys(overrides: Sequence[str]) -> None:
+    """Refuse a key that was replaced (`RETIRED_KEYS`), naming what replaced it.
+
+    Raises:
+        UsageError: One of `overrides` sets a retired key.
+    """
+    for arg in overrides:
+        key = arg.lstrip("+~").partition("=")[0]
+        if key in RETIRED_KEYS:
+            raise UsageError(f"{key} was replaced by {RETIRED_KEYS[key]}")
+
+
 def compose(overrides: Sequence[str], source: ConfigSource | None = None) -> Any:
     """The composed config (a DictConfig), as the search will see it.
 
@@ -147,6 +166,7 @@ def compose(overrides: Sequence[str], source: ConfigSource | None = None) -> Any
     from omegaconf.errors import OmegaConfBaseException
 
     source = source or ConfigSource()
+    check_retired_keys(overrides)
     plain = [a for a in overrides if not a.lstrip("+~").startswith("hydra.")]
     try:
         return _compose(plain, source)

@@ -1,4 +1,4 @@
-"""Types of the config groups whose keys are fixed: storage, tracking, eval and latency.
+"""Types of the config groups whose keys are fixed: storage, tracking, eval, pruner, latency.
 
 Each shipped YAML file of these groups names its schema in its defaults list, e.g.
 ``- /schema/storage@_here_: sqlite``, so Hydra refuses a value of the wrong type
@@ -72,7 +72,37 @@ class Eval:
     shared_prefix: bool = MISSING
     chat_template: bool = MISSING
     prefix_cache_gb: float = MISSING
-    early_stop: bool = MISSING
+
+
+@dataclass
+class NamedPruner:
+    """``exact`` and ``none``: no options."""
+
+    name: str = MISSING
+
+
+@dataclass
+class PairedPruner(NamedPruner):
+    delta: float = MISSING
+    min_examples: int = MISSING
+    prior_correct: float = MISSING
+    prior_wrong: float = MISSING
+
+
+@dataclass
+class SuccessiveHalvingPruner(NamedPruner):
+    min_resource: int = MISSING
+    reduction_factor: int = MISSING
+    min_early_stopping_rate: int = MISSING
+    bootstrap_count: int = MISSING
+
+
+@dataclass
+class HyperbandPruner(NamedPruner):
+    min_resource: int = MISSING
+    max_resource: Optional[int] = MISSING
+    reduction_factor: int = MISSING
+    bootstrap_count: int = MISSING
 
 
 @dataclass
@@ -93,6 +123,11 @@ SCHEMAS = {
     ("schema/tracking", "mlflow"): MlflowTracking,
     ("schema/tracking", "none"): NoTracking,
     ("schema", "eval"): Eval,
+    ("schema/pruner", "exact"): NamedPruner,
+    ("schema/pruner", "none"): NamedPruner,
+    ("schema/pruner", "paired"): PairedPruner,
+    ("schema/pruner", "successive_halving"): SuccessiveHalvingPruner,
+    ("schema/pruner", "hyperband"): HyperbandPruner,
     ("schema", "latency"): Latency,
 }
 

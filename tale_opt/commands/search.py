@@ -1,5 +1,5 @@
 """`python -m tale_opt [overrides]`: one search (or a sweep with ``-m``), a Hydra app over
-the config groups in tale_opt/conf/ (model, task, searcher, eval, storage, tracking,
+the config groups in tale_opt/conf/ (model, task, searcher, eval, pruner, storage, tracking,
 experiment) and any config directory of the user's (``--config-dir``, ``hydra.searchpath``).
 
 Before Hydra runs, the command line is checked against Hydra's own config repository: an
@@ -20,6 +20,7 @@ from tale_opt.commands import commands_help, fail, is_debug, wants_help
 from tale_opt.commands.config import (
     CONF_DIR,
     check_group_choices,
+    check_retired_keys,
     check_sweep,
     compose,
     source_from,
@@ -79,6 +80,7 @@ def precheck(argv: Sequence[str]) -> None:
     if args.config_path is not None:  # another primary config directory: Hydra's to check
         return
     source = source_from(args.overrides, args.config_dir, args.config_name)
+    check_retired_keys(args.overrides)
     check_group_choices(args.overrides, source)
     shows = args.cfg or args.help or args.hydra_help or args.info or args.shell_completion
     if shows:

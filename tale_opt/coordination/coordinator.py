@@ -17,12 +17,14 @@ Trials are told apart by their number (unique within a study), never by a storag
 All state lives in the storage, so a killed coordinator restarted with the same command
 rebuilds the searcher from the completed trials and re-evaluates nothing.
 
-With `early_stop`, trials of a searcher that supports exact early termination
-(``early_termination``) are enqueued `prunable`: a worker stops one as soon as it cannot beat
-the best completed rival of its round, and it ends PRUNED with its upper bound. The searcher
-checks each bound against its own round; a candidate it still proposes after seeing its pruned
-result (the bound proves nothing in this search, e.g. a study shared by runs with other
-protected layers) is enqueued again without `prunable` and evaluated in full.
+With `early_stop`, trials of a searcher whose rounds are won by task accuracy
+(``early_termination``) are enqueued `prunable`: a worker stops one by the study's pruner
+(`tale_opt.coordination.racing`), by default as soon as it cannot beat the best completed
+rival of its round, and it ends PRUNED with its upper bound. The searcher checks each bound
+against its own round; a candidate it still proposes after seeing its pruned result (the bound
+proves nothing in this search, e.g. a study shared by runs with other protected layers) is
+enqueued again without `prunable` and evaluated in full. A candidate a racing pruner raced out
+lost its round: the searcher settles it, so it is never proposed again.
 """
 
 from __future__ import annotations
@@ -78,8 +80,9 @@ def run_coordinator(
             the coordinator queues one itself (the process running the retry callback died).
         max_retry: Give up on a candidate whose evaluation was lost more often than this.
         check_workers: Called while waiting; raises if the local workers are gone.
-        early_stop: Let workers stop candidates that provably cannot win their round (exact
-            early termination; only for searchers whose ``early_termination`` is true).
+        early_stop: Let workers stop candidates early by the study's pruner (exact early
+            termination unless the study config names a racing pruner; only for searchers
+            whose ``early_termination`` is true). False: every candidate runs in full.
 
     Raises:
         SearchFailed: A worker's evaluation raised, a candidate was lost too often, or the

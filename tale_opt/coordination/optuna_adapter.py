@@ -18,6 +18,13 @@ loudly when an Optuna release changes the private names and signatures used belo
   some of the storage's private methods (`_get_trials`, `_create_new_trial`, ...), and
   `fail_stale_trials` calls `_get_stale_trial_ids`: those are retried too, or one dropped
   connection while reading trials would still end the search.
+* `round_view`: racing with Optuna's `SuccessiveHalvingPruner` / `HyperbandPruner` on the
+  trials of one greedy round only. A pruner reads the trials it compares through
+  ``study.get_trials`` and writes its rung records through ``study._storage`` (Hyperband even
+  builds its bracket studies on ``study._storage``), so the only view that holds for all of
+  it is a study over a storage that shows just those trials; building it needs the study's
+  storage object (``study._storage``). `completed_rungs` reads Successive Halving's rung
+  records (``completed_rung_<k>`` system attributes) to say at which rung a trial stopped.
 """
 
 from __future__ import annotations
@@ -26,11 +33,12 @@ import contextlib
 import functools
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
+import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat  # the interface RDBStorage implements
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -155,3 +163,97 @@ def _retried(name: str) -> Callable[..., Any]:
 
 for _name in PUBLIC_RDB_OPERATIONS + PRIVATE_RDB_OPERATIONS:
     setattr(ReconnectingRDBStorage, _name, _retried(_name))
+
+
+# -- a study restricted to one round, for Optuna's pruners -----------------------------------
+RUNG_PREFIX = "completed_rung_"  # SuccessiveHalvingPruner's system attribute per passed rung
+
+
+class _FilteredStorage(BaseStorage):
+    """Another storage, showing only the trials `keep` accepts (writes go through as they
+    are; ids are the underlying storage's)."""
+
+    def __init__(self, storage: BaseStorage, keep: Callable[[FrozenTrial], bool]) -> None:
+        self.storage, self.keep = storage, keep
+
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        trials = self.storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        return [t for t in trials if self.keep(t)]
+
+    def create_new_study(self, directions: Sequence[Any], study_name: str | None = None) -> int:
+        return self.storage.create_new_study(directions, study_name)
+
+    def delete_study(self, study_id: int) -> None:
+        self.storage.delete_study(study_id)
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self.storage.set_study_user_attr(study_id, key, value)
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self.storage.set_study_system_attr(study_id, key, value)
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self.storage.get_study_id_from_name(study_name)
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self.storage.get_study_name_from_id(study_id)
+
+    def get_study_directions(self, study_id: int) -> list[Any]:
+        return self.storage.get_study_directions(study_id)
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self.storage.get_study_user_attrs(study_id)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self.storage.get_study_system_attrs(study_id)
+
+    def get_all_studies(self) -> list[Any]:
+        return self.storage.get_all_studies()
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self.storage.create_new_trial(study_id, template_trial)
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: Any) -> None:  # fmt: skip
+        self.storage.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, trial_number)
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        return self.storage.set_trial_state_values(trial_id, state, values)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, value: float) -> None:
+        self.storage.set_trial_intermediate_value(trial_id, step, value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.storage.set_trial_user_attr(trial_id, key, value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.storage.set_trial_system_attr(trial_id, key, value)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self.storage.get_trial(trial_id)
+
+
+def round_view(study: optuna.Study, keep: Callable[[FrozenTrial], bool]) -> optuna.Study:
+    """`study` as an Optuna pruner should see it to race one round: only the trials `keep`
+    accepts are there (for ``get_trials`` and the bracket studies Hyperband builds on the
+    study's storage); rung records written through it land on the real trials."""
+    view = _FilteredStorage(study._storage, keep)
+    return optuna.load_study(
+        study_name=study.study_name,
+        storage=view,
+        sampler=optuna.samplers.RandomSampler(seed=0),  # never asked
+        pruner=optuna.pruners.NopPruner(),  # the racing pruner is called directly
+    )
+
+
+def completed_rungs(trial: FrozenTrial) -> int:
+    """How many rungs of Successive Halving (also Hyperband's brackets) `trial` has passed
+    or been judged at."""
+    return sum(1 for key in trial.system_attrs if key.startswith(RUNG_PREFIX))

@@ -11,19 +11,26 @@ One trial is one record of one evaluation; each fact is stored once:
   ``tale_opt.candidate``. It is also the marker that a coordinator enqueued this trial:
   workers evaluate only marked trials, the coordinator counts only marked ones. The drop set,
   the probe and the round (the number of dropped layers) are read from it, never stored apart.
-* the score as the trial's value: the objective's return value for a COMPLETE trial, and for
-  a PRUNED one the upper bound the worker reports (Optuna stores a pruned trial's last
-  reported value as its value). Complete or pruned is the trial's state.
-* ``tale_opt.result`` -- {metrics, extras} of the evaluation, set by the worker in one write.
+* the score: a COMPLETE trial's value (the objective's return value); for a PRUNED one, the
+  upper bound ``upper_bound`` in its result metrics (a PRUNED trial's value is what Optuna
+  makes it: its last intermediate value, the accuracy on the examples it saw). Complete or
+  pruned is the trial's state.
+* the learning curve: the running accuracy (correct so far / examples seen) as the trial's
+  intermediate values, step = examples seen, one per batch (`tale_opt.coordination.racing`).
+* ``tale_opt.result`` -- {metrics, extras} of the evaluation, set by the worker in one write;
+  its extras hold the per-example outcomes (``correct``, `tale_opt.outcomes`) and, for a
+  candidate stopped early, why: ``bounded_by`` (exact) or ``raced_out`` (a racing pruner).
 * ``tale_opt.prunable`` -- set by the coordinator when the worker may stop this candidate
-  early, once it provably cannot beat the best completed rival of its round (exact early
-  termination); ``tale_opt.base`` -- the round's shared drop set (where prefix reuse starts).
+  early, by the search's pruner (`tale_opt.coordination.racing`: the exact bound, or a racing
+  pruner named in the study config); ``tale_opt.base`` -- the round's shared drop set (where
+  prefix reuse starts).
 * ``tale_opt.worker`` -- who evaluated it; ``tale_opt.error`` -- why the evaluation raised;
   ``tale_opt.stray`` -- a trial that `study.ask()` created when the queue emptied under a
   worker's feet (never evaluated).
 
 Trials written by earlier versions also carry ``tale_opt.drop``, ``tale_opt.probe`` and
-``tale_opt.round``, and the score inside ``tale_opt.result``; they read the same.
+``tale_opt.round``, the score inside ``tale_opt.result``, a pruned trial's bound as its value
+and outcomes as a ``"0110…"`` string; they read the same.
 
 For optuna-dashboard (and `optuna.visualization`), whose slice, importance and parallel
 coordinate plots read trial *params* with distributions, the coordinator also gives each
@@ -39,14 +46,20 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from searchers.base import Searcher
 from tale_opt.errors import UsageError
+from tale_opt.outcomes import OUTCOMES_KEY
 from tale_opt.types import PERPLEXITY, PROBES, Candidate, DropSet, Observation, Status
+
+# Result extras key of the per-example outcomes (`tale_opt.outcomes.outcome_record`).
+OUTCOMES = OUTCOMES_KEY
 
 MARKER = "tale_opt.candidate"
 PRUNABLE = "tale_opt.prunable"
@@ -234,11 +247,21 @@ def is_prunable(trial: FrozenTrial | optuna.Trial) -> bool:
     return bool(trial.user_attrs.get(PRUNABLE, False))
 
 
-def completed_counts(
+@dataclass(frozen=True)
+class Rival:
+    """A completed candidate of a round: its drop set, correct count and per-example outcomes
+    (an `outcome_record`, None when the trial has none)."""
+
+    drop: DropSet
+    n_correct: int
+    outcomes: Any = None
+
+
+def completed_rivals(
     study: optuna.Study, candidate: Candidate, trials: Iterable[FrozenTrial] | None = None
-) -> list[tuple[DropSet, int]]:
-    """``(drop set, n correct)`` of every COMPLETE marked trial with `candidate`'s probe and
-    number of dropped layers: the finished rivals early termination compares against.
+) -> list[Rival]:
+    """Every COMPLETE marked trial with `candidate`'s probe and number of dropped layers: the
+    finished rivals early termination and racing compare against.
 
     Reads the study's complete trials, unless the caller has just read them (`trials`).
     Trials without an exact count of correct examples are left out.
@@ -254,10 +277,27 @@ def completed_counts(
             continue
         if other.key == candidate.key:
             continue
-        n_correct = trial.user_attrs.get(RESULT, {}).get("metrics", {}).get("n_correct")
+        result = trial.user_attrs.get(RESULT, {})
+        n_correct = result.get("metrics", {}).get("n_correct")
         if n_correct is not None:
-            out.append((other.drop, int(n_correct)))
+            outcomes = result.get("extras", {}).get(OUTCOMES)
+            out.append(Rival(other.drop, int(n_correct), outcomes))
     return out
+
+
+def completed_counts(
+    study: optuna.Study, candidate: Candidate, trials: Iterable[FrozenTrial] | None = None
+) -> list[tuple[DropSet, int]]:
+    """``(drop set, n correct)`` of `completed_rivals`."""
+    return [(r.drop, r.n_correct) for r in completed_rivals(study, candidate, trials)]
+
+
+def in_round_of(candidate: Candidate, trial: FrozenTrial) -> bool:
+    """Whether `trial` is `candidate`'s or one of its round's rivals (same probe and base)."""
+    other = candidate_of(trial)
+    if other is None or other.probe != candidate.probe:
+        return False
+    return other.drop == candidate.drop or Searcher.rivals(candidate.drop, other.drop) is not None
 
 
 def parse_candidate_key(key: str) -> Candidate:
@@ -288,11 +328,16 @@ def observation_of(trial: FrozenTrial) -> Observation | None:
     if candidate is None or trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
         return None
     result = trial.user_attrs.get(RESULT)
-    if result is None or trial.value is None:
+    if result is None:
         return None  # pruned before it reported anything
+    score = trial.value
+    if trial.state == TrialState.PRUNED:
+        score = result.get("metrics", {}).get("upper_bound", trial.value)
+    if score is None:
+        return None
     return Observation(
         candidate,
-        float(trial.value),
+        float(score),
         metrics=dict(result.get("metrics", {})),
         extras=dict(result.get("extras", {})),
         status=Status.COMPLETE if trial.state == TrialState.COMPLETE else Status.PRUNED,

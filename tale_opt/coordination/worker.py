@@ -6,12 +6,12 @@ inside its optimize loop only). `study.ask()` pops the oldest WAITING trial; whe
 emptied the queue between our check and the pop, Optuna creates a fresh sampler trial instead:
 we mark that one `stray` and prune it without evaluating anything, so it is never counted.
 
-Exact early termination: when the coordinator marked a trial `prunable` and the evaluator can
-stop early (``supports_early_stop``, called as ``evaluate(candidate, can_still_win=...)``), the
-evaluation stops as soon as the candidate cannot beat the best completed rival of its round in
-the study (`searchers.base.Searcher.can_still_win`, the rule every searcher's rounds follow;
-the rival is re-read at most every `INCUMBENT_REFRESH_S` seconds). The trial then ends PRUNED
-with the upper bound as its score and the rival in ``extras["bounded_by"]``; PRUNED is final,
+Racing: an evaluator that takes a per-batch race hook (``supports_race``, called as
+``evaluate(candidate, race=...)``) gets a `racing.TrialRace`: it reports the running accuracy
+as the trial's intermediate values and, when the coordinator marked the trial `prunable`, asks
+the study's pruner (`tale_opt.coordination.racing`: the exact bound against the best completed
+rival of the round, by default) whether to go on. A stopped trial ends PRUNED with its upper
+bound in its metrics and why in its extras (``bounded_by`` or ``raced_out``); PRUNED is final,
 so it is never retried.
 """
 
@@ -23,7 +23,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -31,15 +31,14 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import DatabaseError
 
-from searchers.base import Searcher
+from tale_opt.coordination import racing
 from tale_opt.coordination import study as st
 from tale_opt.errors import SearchFailed
-from tale_opt.types import Candidate, DropSet, Observation, Status
+from tale_opt.types import Candidate, Observation, Status
 
 log = logging.getLogger("tale_opt.worker")
 
 Evaluate = Callable[[Candidate], Observation]
-INCUMBENT_REFRESH_S = 5.0  # how stale the incumbent of early termination may get
 
 
 class _Superseded(Exception):
@@ -49,7 +48,7 @@ class _Superseded(Exception):
 @dataclass
 class WorkerStats:
     evaluated: int = 0  # trials this worker completed (pruned ones included)
-    pruned: int = 0  # of those, stopped early: they could not beat their round's incumbent
+    pruned: int = 0  # of those, stopped early: bounded by, or raced out against, their leader
     superseded: int = 0  # trials taken from us as stale, re-run elsewhere
     stray: int = 0  # sampler trials created by a lost race, pruned unevaluated
 
@@ -125,8 +124,8 @@ def run_one(
         study: The search's study.
         evaluate: Scores one candidate.
         stats: Counts to update.
-        trials: The study's trials as the caller has just read them, if it has: early
-            termination takes its first rival from them instead of reading the study again.
+        trials: The study's trials as the caller has just read them, if it has: the pruner
+            takes the round's first leader from them instead of reading the study again.
 
     Raises:
         Exception: Whatever `evaluate` raised (the trial is then FAIL with its `error` attr).
@@ -145,10 +144,13 @@ def run_one(
             trial.set_user_attr(st.WORKER, worker_id())
             # Evaluators that reuse prefixes (CandidateEvaluator) take the round's base.
             hints = {"base": st.base_of(trial)} if getattr(evaluate, "takes_base", False) else {}
-            if st.is_prunable(trial) and getattr(evaluate, "supports_early_stop", False):
-                incumbent = Incumbent(study, candidate, trials=trials)
-                observation = evaluate(candidate, can_still_win=incumbent, **hints)
-                observation = incumbent.annotate(observation)
+            if getattr(evaluate, "supports_race", False):
+                policy = None
+                if st.is_prunable(trial):
+                    settings = racing.PrunerSettings.of_study(study)
+                    policy = racing.make_policy(settings, study, trial, candidate, trials)
+                race = racing.TrialRace(trial, policy)
+                observation = race.annotate(evaluate(candidate, race=race, **hints))
             else:
                 observation = evaluate(candidate, **hints)
             for key, value in st.result_attrs(observation).items():
@@ -162,9 +164,9 @@ def run_one(
                 raise _Superseded(str(err)) from err
             raise
         if observation.status is Status.PRUNED:
-            # Optuna keeps a pruned trial's last reported value as its value: the bound.
-            trial.report(observation.score, step=0)
-            raise optuna.TrialPruned(f"bounded by {observation.score}")
+            # Its value becomes its last intermediate value (the accuracy on what it saw);
+            # the score the search keeps, the upper bound, is in its result metrics.
+            raise optuna.TrialPruned(racing.describe_stop(observation) or "stopped early")
         return observation.score
 
     try:
@@ -196,44 +198,6 @@ def run_one(
     stats.evaluated += 1
     stats.pruned += int(trial.state == TrialState.PRUNED)
     return True
-
-
-class Incumbent:
-    """`can_still_win` of one candidate: against the best completed rival of its round in the
-    study (same probe and base, `Searcher.best_rival`), read on the first call (from
-    `trials` when the caller has just read them) and again at most every `refresh` seconds.
-    A stale rival is a weaker one, so never wrong."""
-
-    def __init__(
-        self,
-        study: optuna.Study,
-        candidate: Candidate,
-        refresh: float = INCUMBENT_REFRESH_S,
-        trials: Sequence[FrozenTrial] | None = None,
-    ) -> None:
-        self.study, self.candidate, self.refresh = study, candidate, refresh
-        self.rival: tuple[DropSet, int] | None = None
-        self._read_at: float | None = None
-        self._trials = trials
-
-    def __call__(self, max_correct: int) -> bool:
-        now = time.monotonic()
-        if self._read_at is None or now - self._read_at >= self.refresh:
-            self._read_at = now
-            counts = st.completed_counts(self.study, self.candidate, self._trials)
-            self._trials = None  # later refreshes read the study
-            self.rival = Searcher.best_rival(self.candidate.drop, counts)
-        if self.rival is None:
-            return True
-        return Searcher.can_still_win(self.candidate.drop, max_correct, *self.rival)
-
-    def annotate(self, observation: Observation) -> Observation:
-        """A pruned observation with the rival that bounded it in ``extras["bounded_by"]``."""
-        if observation.status is not Status.PRUNED or self.rival is None:
-            return observation
-        rival, n_correct = self.rival
-        bounded_by = {"drop": rival.key, "n_correct": n_correct}
-        return replace(observation, extras={**observation.extras, "bounded_by": bounded_by})
 
 
 def _was_superseded(study: optuna.Study, number: int | None) -> bool:

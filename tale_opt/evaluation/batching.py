@@ -54,17 +54,23 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> Batch:
     return Batch(tuple(range(len(sequences))), input_ids, attention_mask, position_ids)
 
 
-def length_sorted_batches(
-    sequences: Sequence[Sequence[int]], batch_size: int, pad_id: int
-) -> Iterator[Batch]:
-    """Yield left-padded batches of at most `batch_size` sequences, longest first.
-
-    Ties keep their original order (stable sort), so batching is deterministic.
-    """
+def length_sorted_rows(
+    sequences: Sequence[Sequence[int]], batch_size: int
+) -> list[tuple[int, ...]]:
+    """The rows of each batch `length_sorted_batches` builds, in order: indices of at most
+    `batch_size` sequences, longest first; ties keep their original order (stable sort), so
+    batching is deterministic."""
     if batch_size < 1:
         raise ValueError(f"`batch_size >= 1` must hold, but got batch_size={batch_size}")
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    for start in range(0, len(order), batch_size):
-        rows = tuple(order[start : start + batch_size])
+    return [tuple(order[start : start + batch_size]) for start in range(0, len(order), batch_size)]
+
+
+def length_sorted_batches(
+    sequences: Sequence[Sequence[int]], batch_size: int, pad_id: int
+) -> Iterator[Batch]:
+    """Yield left-padded batches of at most `batch_size` sequences, longest first
+    (`length_sorted_rows`)."""
+    for rows in length_sorted_rows(sequences, batch_size):
         batch = left_pad([sequences[i] for i in rows], pad_id)
         yield Batch(rows, batch.input_ids, batch.attention_mask, batch.position_ids)

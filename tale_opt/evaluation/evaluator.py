@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -42,6 +42,7 @@ from tale_opt.evaluation.results import EvalResult, Prediction
 from tale_opt.evaluation.scoring import (
     Progress,
     StopCondition,
+    finished_per_batch,
     generate_texts,
     loglik_sequence_count,
     score_continuations,
@@ -54,6 +55,7 @@ from tale_opt.evaluation.shared_prefix import (
     supports_shared_prefix,
 )
 from tale_opt.model.surgery import dropped_layers
+from tale_opt.outcomes import Race, RaceState
 from tale_opt.tasks.base import Example, Message, Task
 from tale_opt.types import DropSet
 
@@ -297,7 +299,7 @@ class Evaluator:
         *,
         progress: bool | str = False,
         prefix: PrefixCache | None = None,
-        can_still_win: Callable[[int], bool] | None = None,
+        race: Race | None = None,
     ) -> EvalResult:
         """Evaluate the model with the layers in `drop` removed (restored afterwards).
 
@@ -308,11 +310,13 @@ class Evaluator:
             prefix: Hidden states of a base model (`prefix_cache`); used when it was built
                 for this split and batching and its base is a strict subset of `drop`, which
                 skips the layers below the first extra dropped layer. Never changes a result.
-            can_still_win: Exact early termination. Called before the first batch and after
-                each one with the most examples this configuration can still get right
-                (correct so far + not scored yet); once it returns False the evaluation stops
-                and returns a stopped result (`EvalResult.complete` False) whose `accuracy` is
-                that upper bound. Every scoring mode; batches are never split or reordered, so
+            race: Called before the first batch and after each one with what was scored so far
+                (`tale_opt.outcomes.RaceState`: which examples, which of them right); once it
+                returns False the evaluation stops and returns a stopped result
+                (`EvalResult.complete` False) whose `accuracy` is the upper bound
+                ``max_correct / n``. Exact early termination, the racing pruners and the
+                learning curve are such hooks. Every scoring mode; batches are never split or
+                reordered (the order is fixed by `prepared`, the same for every candidate), so
                 the examples scored get exactly the outcomes of a full evaluation.
 
         Returns:
@@ -328,7 +332,7 @@ class Evaluator:
         if self.scoring == "loglik":
             n_rows = loglik_sequence_count(prepared.continuation_ids)
         start = time.perf_counter()
-        if can_still_win is not None and not can_still_win(len(prepared)):
+        if race is not None and not race(RaceState(len(prepared), {}, 0)):
             return self._result(prepared, [], time.perf_counter() - start)  # lost before it began
         with (
             tqdm(
@@ -343,8 +347,15 @@ class Evaluator:
         ):
             kv = self._prefix_kv(prepared)  # before the stand-ins: every kept layer is real
             with resumed(self.model, drop, self._usable(prefix, prepared)):
-                predictions = self._predict(prepared, bar.update, can_still_win, kv)
+                predictions = self._predict(prepared, bar.update, race, kv)
         return self._result(prepared, predictions, time.perf_counter() - start)
+
+    def batch_order(self, prepared: PreparedSplit) -> list[tuple[int, ...]]:
+        """The examples each batch of `evaluate` scores, in order: what its race hook sees
+        arrive after each batch (the same for every candidate of a run, so a replay of
+        stored outcomes batch by batch races exactly like a live evaluation)."""
+        loglik = prepared.continuation_ids if self.scoring == "loglik" else None
+        return finished_per_batch(prepared.row_prompt_ids, loglik, self.batch_size)
 
     def prefix_cache(
         self, prepared: PreparedSplit, base: DropSet, *, budget_gb: float
@@ -376,24 +387,26 @@ class Evaluator:
         self,
         prepared: PreparedSplit,
         advance: Progress,
-        can_still_win: Callable[[int], bool] | None = None,
+        race: Race | None = None,
         kv: PrefixKV | None = None,
     ) -> list[Prediction]:
-        """Predictions of the examples scored, in example order: all of them, unless
-        `can_still_win` stopped the pass after some batch. With `kv` (the shared prefix's
-        keys and values) the rows run only their own tokens."""
+        """Predictions of the examples scored, in example order: all of them, unless `race`
+        stopped the pass after some batch. With `kv` (the shared prefix's keys and values)
+        the rows run only their own tokens."""
         examples = prepared.examples
         done: dict[int, Prediction] = {}
+        right: dict[int, bool] = {}  # what `race` sees, in the order examples were scored
         correct = 0
 
         def after_batch(outcomes: dict[int, Any]) -> bool:
             nonlocal correct
             for i, outcome in outcomes.items():
                 done[i] = self._judge(examples[i], outcome)
+                right[i] = done[i].correct
                 correct += done[i].correct
-            if can_still_win is None:
+            if race is None:
                 return False
-            return not can_still_win(correct + len(examples) - len(done))
+            return not race(RaceState(len(examples), right, correct))
 
         common = {
             "batch_size": self.batch_size,

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tale_opt.stats import CI_HIGH, CI_LOW, wilson_interval
+from tale_opt.stats import (
+    CI_HIGH,
+    CI_LOW,
+    SO_FAR,
+    SO_FAR_CI_HIGH,
+    SO_FAR_CI_LOW,
+    wilson_interval,
+)
 
 
 @dataclass(frozen=True)
@@ -83,9 +90,19 @@ class EvalResult:
         """Flat numeric metrics, as stored in `Observation.metrics`.
 
         A stopped evaluation has no accuracy: it reports `upper_bound` (= ``max_correct /
-        n_examples``), `n_seen`, `n_correct_so_far` and `max_correct` instead.
+        n_examples``), `n_seen`, `n_correct_so_far` and `max_correct` instead, and once it
+        scored anything `accuracy_so_far` (``n_correct_so_far / n_seen``) with its 95% Wilson
+        interval (`accuracy_so_far_ci_low` / `_high`): what the examples it saw say.
         """
         if not self.complete:
+            so_far: dict[str, float] = {}
+            if self.n_seen:
+                low, high = wilson_interval(self.n_correct, self.n_seen)
+                so_far = {
+                    SO_FAR: self.n_correct / self.n_seen,
+                    SO_FAR_CI_LOW: low,
+                    SO_FAR_CI_HIGH: high,
+                }
             return {
                 "upper_bound": self.accuracy,
                 "n_examples": float(self.n_examples),
@@ -95,6 +112,7 @@ class EvalResult:
                 "n_invalid_so_far": float(self.n_invalid),
                 "seconds": self.seconds,
                 "seconds_per_example": self.seconds / max(self.n_seen, 1),
+                **so_far,
             }
         low, high = wilson_interval(self.n_correct, self.n_examples)
         metrics = {

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from tale_opt.evaluation.batching import length_sorted_batches
+from tale_opt.evaluation.batching import length_sorted_batches, length_sorted_rows
 from tale_opt.evaluation.shared_prefix import PrefixKV, forward
 
 Progress = Callable[[int], None]  # called with the number of rows just finished
@@ -86,6 +86,33 @@ def loglik_sequences(
 ) -> list[list[int]]:
     """The sequences `score_continuations` runs, in its order (batched the same way)."""
     return _loglik_rows(prompts, continuations)[1]
+
+
+def finished_per_batch(
+    prompts: Sequence[TokenIds],
+    continuations: Sequence[Sequence[TokenIds]] | None,
+    batch_size: int,
+) -> list[tuple[int, ...]]:
+    """The prompts each batch of a scoring pass finishes, in order (what its `after_batch`
+    is handed): a batch's rows for `score_labels` and `generate_texts` (`continuations`
+    None); for `score_continuations`, the prompts whose last row that batch ran (a batch may
+    finish none). The same for every candidate of a run: it depends on token counts only."""
+    if continuations is None:
+        return length_sorted_rows(prompts, batch_size)
+    rows, sequences = _loglik_rows(prompts, continuations)
+    left = [0] * len(prompts)
+    for i, _ in rows:
+        left[i] += 1
+    finished = []
+    for batch in length_sorted_rows(sequences, batch_size):
+        done = []
+        for k in batch:
+            i = rows[k][0]
+            left[i] -= 1
+            if left[i] == 0:
+                done.append(i)
+        finished.append(tuple(done))
+    return finished
 
 
 def loglik_sequence_count(continuations: Sequence[Sequence[TokenIds]]) -> int:

@@ -10,12 +10,13 @@ ones the study was fingerprinted with, so a machine with different data cannot m
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from searchers.base import Searcher
 from tale_opt import validate
 from tale_opt.errors import UsageError, did_you_mean
+from tale_opt.outcomes import Race, RaceState, outcome_record
 from tale_opt.pipeline.significance import CORRECT, correct_bits
 from tale_opt.types import (
     PROBES,
@@ -43,7 +44,12 @@ def study_config(cfg: Mapping[str, Any], searcher: Any = None) -> dict[str, Any]
     `searcher` is the search's built searcher, whose probe and probe text (class defaults
     included) go into the config; without it they are read from the searcher's config node.
     """
+    from tale_opt.coordination.racing import PrunerSettings
+
     model = dict(cfg["model"])
+    # A racing pruner changes picks: its settings go to every worker and into the fingerprint.
+    # `exact` and `none` change none, so they leave no entry (studies keep their fingerprint).
+    racing = PrunerSettings.from_mapping(cfg.get("pruner")).study_entry()
     return {
         "model": {k: model[k] for k in MODEL_KEYS if k in model},
         "model_name": model.get("name", model.get("path")),
@@ -55,6 +61,7 @@ def study_config(cfg: Mapping[str, Any], searcher: Any = None) -> dict[str, Any]
         "n_eval": cfg.get("n_eval"),
         "searcher": cfg["searcher"].get("name"),
         **(probe_config(searcher) if searcher is not None else _node_probe(cfg["searcher"])),
+        **({"pruner": racing} if racing is not None else {}),
     }
 
 
@@ -104,7 +111,8 @@ def search_fingerprint(
     """Everything that determines a candidate's score; a study is valid for one fingerprint.
 
     Stopping options (epsilon, max_drop) are not in it: they do not change any score, so runs
-    that differ only there share a study and its evaluations.
+    that differ only there share a study and its evaluations. Nor are the ``exact`` and
+    ``none`` pruners; a racing pruner's settings are (they change which candidates finish).
     """
     return {
         "model": dict(model_identity),
@@ -117,6 +125,7 @@ def search_fingerprint(
         # What text-reading probes read (absent for task accuracy: old studies keep their key).
         **({"text": config["text"]} if "text" in config else {}),
         "seed": config["seed"],
+        **({"pruner": config["pruner"]} if "pruner" in config else {}),
     }
 
 
@@ -164,17 +173,6 @@ def check_eval_options(config: Mapping[str, Any]) -> None:
     validate.number(
         config.get("prefix_cache_gb", DEFAULT_PREFIX_CACHE_GB), "eval.prefix_cache_gb", minimum=0
     )
-
-
-def early_stop_option(cfg: Mapping[str, Any]) -> bool:
-    """`eval.early_stop` (default true): whether the coordinator lets workers stop candidates
-    that provably cannot win their round. It changes no result, so it is not in `study_config`
-    (nor the fingerprint): the coordinator decides it per trial when enqueueing.
-
-    Raises:
-        UsageError: Not a boolean.
-    """
-    return validate.boolean(dict(cfg.get("eval") or {}).get("early_stop", True), "eval.early_stop")
 
 
 def build_evaluator(config: Mapping[str, Any], model: Any, tokenizer: Any, task: Any) -> Any:
@@ -257,9 +255,10 @@ class CandidateEvaluator:
         self.progress = progress
         self.probe_text = config.get("text")  # what text probes read (see `probe_config`)
 
-    # Takes `can_still_win` (exact early termination, see `Evaluator.evaluate`): a candidate
-    # stopped early comes back PRUNED with its upper bound as the score.
-    supports_early_stop = True
+    # Takes `race` (`Evaluator.evaluate`'s per-batch hook: learning curve, exact early
+    # termination, racing pruners): a candidate stopped early comes back PRUNED with its upper
+    # bound as the score.
+    supports_race = True
     # Takes `base`: the drop set the candidate's round shares (from the coordinator), so the
     # round's first candidate in this worker already starts from cached hidden states.
     takes_base = True
@@ -268,11 +267,11 @@ class CandidateEvaluator:
         self,
         candidate: Candidate,
         *,
-        can_still_win: Callable[[int], bool] | None = None,
+        race: Race | None = None,
         base: DropSet | None = None,
     ) -> Observation:
         if candidate.probe == TASK_ACCURACY:
-            return self._task_accuracy(candidate, can_still_win, base)
+            return self._task_accuracy(candidate, race, base)
         if candidate.probe in TEXT_PROBES:
             return self._text_probe(candidate)
         hint = did_you_mean(candidate.probe, PROBES)
@@ -302,17 +301,25 @@ class CandidateEvaluator:
     def _task_accuracy(
         self,
         candidate: Candidate,
-        can_still_win: Callable[[int], bool] | None = None,
+        race: Race | None = None,
         base: DropSet | None = None,
     ) -> Observation:
         label = f"round {len(candidate.drop)} drop {candidate.drop}" if self.progress else False
-        res = self.reuse.evaluate(
-            candidate.drop, base=base, progress=label, can_still_win=can_still_win
-        )
+        last: list[RaceState] = []
+
+        def watched(state: RaceState) -> bool:
+            last[:] = [state]  # its `correct` is the evaluation's own, final once it ends
+            return race is None or race(state)
+
+        res = self.reuse.evaluate(candidate.drop, base=base, progress=label, race=watched)
         metrics = {**res.metrics(), "tflops": self.tflops(candidate.drop)}
         extras: dict[str, Any] = {}
-        if res.complete:  # for the paired tests of accepted rounds against the baseline
+        # Per-example outcomes, for pairing: accepted rounds against the baseline, candidates
+        # against their round's leader (racing), and what a stopped candidate had scored.
+        if res.complete:
             extras[CORRECT] = correct_bits(res)
+        elif last:
+            extras[CORRECT] = outcome_record(res.n_examples, last[0].correct)
         if not candidate.drop:
             # The baseline's per-example predictions are a result file; they travel with the
             # trial because the coordinator may be on another machine.

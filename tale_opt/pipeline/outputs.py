@@ -23,11 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from tale_opt.credentials import mask_values
-from tale_opt.types import TASK_ACCURACY, Observation, Status
+from tale_opt.types import BOUNDED_BY, RACED_OUT, TASK_ACCURACY, Observation, Status
 
 CANDIDATE_FIELDS = (
     "round", "drop_key", "n_dropped", "probe", "status", "score", "accuracy", "accuracy_ci_low",
     "accuracy_ci_high", "invalid_rate", "n_examples", "n_correct", "seconds",
+    # A candidate stopped early (status pruned; score = its upper bound): what it had seen,
+    # its accuracy there with the 95% Wilson interval, and what stopped it (`exact`, or the
+    # racing pruner) with the rule's numbers as JSON.
+    "n_seen", "accuracy_so_far", "accuracy_so_far_ci_low", "accuracy_so_far_ci_high",
+    "stopped_by", "stop_detail",
 )  # fmt: skip
 
 
@@ -100,8 +105,23 @@ def heldout_tflops(record: Mapping[str, Any]) -> float | None:
     return None if record.get("tflops") is None else float(record["tflops"])
 
 
+def stopped_by(obs: Observation) -> tuple[str, dict[str, Any]] | None:
+    """What stopped a pruned observation: ``("exact", bounded_by)`` or ``(pruner,
+    raced_out)``; None for a complete one (or one recorded without a reason)."""
+    if obs.complete:
+        return None
+    raced = obs.extras.get(RACED_OUT)
+    if isinstance(raced, Mapping):
+        return str(raced.get("pruner", "racing")), dict(raced)
+    bounded = obs.extras.get(BOUNDED_BY)
+    if isinstance(bounded, Mapping):
+        return "exact", dict(bounded)
+    return None
+
+
 def _csv_row(obs: Observation, fields: Sequence[str]) -> dict[str, str]:
     """`obs` as a row of `fields`, spelled as the csv module writes and reads it back."""
+    stop = stopped_by(obs)
     values = {
         "round": len(obs.drop),
         "drop_key": obs.drop.key,
@@ -111,6 +131,9 @@ def _csv_row(obs: Observation, fields: Sequence[str]) -> dict[str, str]:
         "score": obs.score,
         **dict(obs.metrics),
     }
+    if stop is not None:
+        values["stopped_by"] = stop[0]
+        values["stop_detail"] = json.dumps(stop[1], sort_keys=True, default=str)
     return {f: "" if values.get(f) is None else str(values[f]) for f in fields}
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import searchers
 from tale_opt import validate
+from tale_opt.coordination.racing import PrunerSettings, check_searcher
 from tale_opt.coordination.storage import StorageConfig, open_storage
 from tale_opt.coordination.study import (
     check_study,
@@ -66,6 +67,7 @@ class SearchPlan:
     study_name: str
     fingerprint: dict[str, Any]
     optuna_storage: Any  # the opened storage: reachable, but no study in it yet
+    pruner: PrunerSettings = PrunerSettings()
     study: Any = None  # set by `open_search_study`, once the model has loaded
 
 
@@ -80,6 +82,7 @@ class CheckedConfig:
     storage: StorageConfig
     latency: Any  # LatencySettings or None
     config: dict[str, Any]  # study_config, probe from the searcher's node until it is built
+    pruner: PrunerSettings
 
 
 def check_config(cfg: Mapping[str, Any]) -> CheckedConfig:
@@ -99,9 +102,25 @@ def check_config(cfg: Mapping[str, Any]) -> CheckedConfig:
     storage = StorageConfig.from_mapping(cfg.get("storage") or DEFAULT_STORAGE)
     latency = _latency_settings(cfg.get("latency"))
     check_searcher_options(cfg["searcher"])
+    check_retired_eval_keys(cfg.get("eval") or {})
+    pruner = PrunerSettings.from_mapping(cfg.get("pruner"))
     config = study_config(cfg)
     check_eval_options(config)
-    return CheckedConfig(seed, workers, threads, lam, storage, latency, config)
+    return CheckedConfig(seed, workers, threads, lam, storage, latency, config, pruner)
+
+
+def check_retired_eval_keys(node: Mapping[str, Any]) -> None:
+    """Refuse ``eval.early_stop``, which the `pruner` group replaced.
+
+    Raises:
+        UsageError: The key is set, with the pruner that does what its value did.
+    """
+    if "early_stop" in node:
+        instead = "pruner=none" if node["early_stop"] is False else "pruner=exact (the default)"
+        raise UsageError(
+            f"eval.early_stop was replaced by the pruner group: use {instead} instead of "
+            f"eval.early_stop={node['early_stop']!r}"
+        )
 
 
 def plan_search(cfg: Mapping[str, Any]) -> SearchPlan:
@@ -120,6 +139,7 @@ def plan_search(cfg: Mapping[str, Any]) -> SearchPlan:
     identity = describe_model(spec)  # config only: a coordinator with workers loads no weights
     num_layers = identity["num_layers"]
     searcher = build_searcher(cfg["searcher"], num_layers)
+    check_searcher(checked.pruner, searcher)
     config.update(probe_config(searcher))
     fingerprint = search_fingerprint(config, identity, task, splits)
     name = cfg.get("study") or default_study_name(
@@ -130,6 +150,7 @@ def plan_search(cfg: Mapping[str, Any]) -> SearchPlan:
     return SearchPlan(
         cfg, config, task, splits, spec, searcher, num_layers, storage, checked.workers,
         checked.threads, checked.lam, checked.latency, str(name), fingerprint, optuna_storage,
+        checked.pruner,
     )  # fmt: skip
 
 

@@ -18,8 +18,9 @@ from typing import Any
 
 from tale_opt.coordination.coordinator import run_coordinator
 from tale_opt.coordination.local_workers import LocalWorkers
+from tale_opt.coordination.racing import NONE, describe_stop
 from tale_opt.pipeline import worker
-from tale_opt.pipeline.candidates import CandidateEvaluator, build_evaluator, early_stop_option
+from tale_opt.pipeline.candidates import CandidateEvaluator, build_evaluator
 from tale_opt.pipeline.outputs import RunWriter, write_text_atomic
 from tale_opt.pipeline.plan import SearchPlan, open_search_study, plan_search
 from tale_opt.pipeline.progress import RoundProgress
@@ -39,7 +40,7 @@ from tale_opt.pipeline.summary import (
 from tale_opt.pipeline.summary_table import describe_probe_text, format_summary_table
 from tale_opt.pipeline.tracking import SearchTracking
 from tale_opt.reporting.plots import write_search_plots
-from tale_opt.stats import accuracy_interval, format_accuracy
+from tale_opt.stats import SO_FAR, accuracy_interval, format_accuracy, so_far_interval
 from tale_opt.types import PERPLEXITY, TASK_ACCURACY, Observation, SearchResult
 
 # Probes whose score means something on its own (the hidden-state probes report per-layer
@@ -113,8 +114,11 @@ def _run(
             "heldout_s": round(finished - measured, 2),
             "total_s": round(finished - started, 2),
             "candidates": len(result.observations),
-            # stopped early (eval.early_stop): they could not beat their round's leader
+            # stopped early by the pruner: bounded by (exact) or raced out against their
+            # round's leader
             "pruned_candidates": sum(not o.complete for o in result.observations),
+            "raced_out_candidates": sum(o.raced_out for o in result.observations),
+            "pruner": plan.pruner.name,
             "per_candidate_s": round((searched - loaded) / max(1, len(result.observations)), 3),
         }
         writer.write_summary(summary)
@@ -160,7 +164,7 @@ def _search(
     def record(obs: Observation, trial: Any) -> None:
         _log_candidate(obs, trial.number)  # DEBUG: the console shows the round's line
         writer.record_candidate(obs)
-        tracking.log_configuration(obs)
+        tracking.log_configuration(obs, curve=trial.intermediate_values)
         if not obs.drop and obs.candidate.probe == TASK_ACCURACY and obs.complete:
             writer.write_predictions("optimization_baseline", obs.extras.get("predictions", []))
             _log_baseline(obs.metrics, chance, plan.cfg["eval"].get("scoring"), plan.task)
@@ -187,7 +191,7 @@ def _search(
                 lost_after=2 * plan.storage.grace_period,
                 max_retry=plan.storage.max_retry,
                 check_workers=local.check if local is not None else lambda: None,
-                early_stop=early_stop_option(plan.cfg),
+                early_stop=plan.pruner.name != NONE,
             )
     except BaseException:
         if local is not None:
@@ -214,9 +218,10 @@ def _log_candidate(obs: Observation, trial: int) -> None:
     )  # fmt: skip
     if not obs.complete:
         log.debug(
-            "  stopped early after %d of %d examples: cannot beat drop {%s}",
+            "  stopped early after %d of %d examples (%s so far): %s",
             obs.metrics.get("n_seen", 0), obs.metrics.get("n_examples", 0),
-            obs.extras.get("bounded_by", {}).get("drop", "?"),
+            format_accuracy(obs.metrics.get(SO_FAR), so_far_interval(obs.metrics), "%"),
+            describe_stop(obs) or "?",
         )  # fmt: skip
 
 

@@ -2,7 +2,7 @@
 
 The statistics themselves are in `tale_opt.stats`; this module applies them to the objects of
 a search: per-example outcomes of evaluations (`EvalResult`), the observations of accepted
-rounds (which carry their optimization-split outcomes as a bit string, see `correct_bits`),
+rounds (which carry their optimization-split outcomes as a bit record, see `correct_bits`),
 and the task that says how many answers each example allows.
 """
 
@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tale_opt import stats
+from tale_opt.outcomes import OUTCOMES_KEY, decode_outcomes, outcome_record
 from tale_opt.stats import accuracy_interval
 from tale_opt.types import Observation
 
@@ -19,22 +20,25 @@ if TYPE_CHECKING:  # importing the evaluation package would load torch
     from tale_opt.evaluation.results import EvalResult
 
 # Observation.extras key: the candidate's per-example outcomes on the optimization split.
-CORRECT = "correct"
+CORRECT = OUTCOMES_KEY
 
 
-def correct_bits(result: EvalResult) -> str:
-    """Per-example outcomes of a complete evaluation as ``"0110…"`` in example order: compact
-    enough to travel with every trial, so any process can pair two configurations."""
-    return "".join("1" if p.correct else "0" for p in result.predictions)
+def correct_bits(result: EvalResult) -> dict[str, Any]:
+    """Per-example outcomes of a complete evaluation as a compact record (`outcome_record`,
+    bit i = example i of the split): small enough to travel with every trial, so any process
+    can pair two configurations."""
+    correct = {i: p.correct for i, p in enumerate(result.predictions)}
+    return outcome_record(result.n_examples, correct)
 
 
 def outcomes(obs: Observation) -> list[bool] | None:
-    """The per-example outcomes an observation carries; None when it has none (stopped
-    early, a probe other than accuracy, or recorded before outcomes were kept)."""
-    bits = obs.extras.get(CORRECT)
-    if not obs.complete or not isinstance(bits, str) or not bits:
+    """The per-example outcomes a complete observation carries, in split order; None when it
+    has none (stopped early, a probe other than accuracy, or recorded before outcomes were
+    kept)."""
+    seen = decode_outcomes(obs.extras.get(CORRECT)) if obs.complete else None
+    if not seen or sorted(seen) != list(range(len(seen))):
         return None
-    return [b == "1" for b in bits]
+    return list(seen.values())
 
 
 def chance_level(task: Any, examples: Sequence[Any]) -> float | None:

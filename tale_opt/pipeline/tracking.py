@@ -35,7 +35,7 @@ from tale_opt.tracking import (
     search_tags,
 )
 from tale_opt.tracking.records import PICKS, STUDY_TAG
-from tale_opt.types import TASK_ACCURACY, Candidate, DropSet, Observation
+from tale_opt.types import BOUNDED_BY, RACED_OUT, TASK_ACCURACY, Candidate, DropSet, Observation
 
 # Config nodes that are not about the search itself (Hydra's own node never reaches here).
 _NOT_PARAMS = ("debug",)
@@ -144,23 +144,37 @@ class SearchTracking:
         settings = getattr(self.tracker, "settings", None)
         return None if self.parent_run_id is None or settings is None else mask(settings.uri)
 
-    def log_configuration(self, obs: Observation) -> None:
+    def log_configuration(
+        self, obs: Observation, curve: Mapping[int, float] | None = None
+    ) -> None:
         """One child run for an evaluated configuration (accuracy and TFLOPs on the
-        optimization split, or a probe's values), unless it has one already."""
+        optimization split, or a probe's values), unless it has one already; with its learning
+        curve (the trial's intermediate values) and, for a candidate stopped early, why:
+        ``stopped_by`` and the rule's numbers (``raced_out.*`` / ``bounded_by.*``)."""
         if self.parent_run_id is None:
             return
         metrics, layers = configuration_metrics(obs)
         searcher = self.tags.get("searcher", "search")
+        params: dict[str, Any] = {}
+        for key in (RACED_OUT, BOUNDED_BY):
+            detail = obs.extras.get(key)
+            if not obs.complete and isinstance(detail, Mapping):
+                params["stopped_by"] = detail.get("pruner", "exact")
+                for name, value in detail.items():
+                    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+                    (metrics if numeric else params)[f"{key}.{name}"] = value
         run_id = self.tracker.log_configuration(
             self.parent_run_id,
             obs.drop.key,
             len(obs.drop),
             metrics,
+            params or None,
             status=obs.status.value,
             probe=obs.candidate.probe,
             tags={k: v for k, v in self.tags.items() if k != STUDY_TAG},
             run_name=configuration_run_name(searcher, obs, self.tags.get("seed")),
             artifacts={PROBE_VALUES: layers} if layers else None,
+            curve=curve,
         )
         if run_id is not None:
             self._children[obs.candidate.key] = run_id

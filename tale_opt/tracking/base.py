@@ -66,6 +66,7 @@ class Tracker(abc.ABC):
         tags: Mapping[str, str] | None = None,
         run_name: str | None = None,
         artifacts: Mapping[str, Any] | None = None,
+        curve: Mapping[int, float] | None = None,
     ) -> str | None:
         """Record one evaluated configuration as a child run of `parent_run_id`.
 
@@ -90,6 +91,8 @@ class Tracker(abc.ABC):
             run_name: Shown in the UI; default ``round R drop K``.
             artifacts: File name -> JSON-able content, stored with the child run (values
                 too many to be metric columns, such as a probe's per-layer values).
+            curve: The learning curve, step (examples seen) -> running accuracy (the trial's
+                intermediate values), logged as the metric `CURVE_METRIC` with those steps.
         """
 
     def linked(self, parent_run_id: str | None) -> int:
@@ -135,6 +138,7 @@ class NullTracker(Tracker):
         tags=None,
         run_name=None,
         artifacts=None,
+        curve=None,
     ) -> None:
         return None
 

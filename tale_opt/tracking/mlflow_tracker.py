@@ -241,17 +241,41 @@ class MlflowTracker(Tracker):
             self._child_status[run.info.run_id] = tags.get(rec.STATUS_TAG, Status.COMPLETE.value)
         return children
 
-    def _update_child(self, run_id: str, metrics: Mapping[str, float], status: str) -> bool:
+    def _update_child(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        status: str,
+        curve: Mapping[int, float] | None = None,
+    ) -> bool:
         """Replace a pruned child's result by a full one, in the same run.
 
         The full result is logged at step 1 (the pruned bound stays at step 0, as history), so
         it is what MLflow shows as each metric's value; metrics only the pruned evaluation had
         (``upper_bound``, ``n_seen`` ...) become NaN: they say nothing about a full evaluation.
+        The full evaluation's learning curve is logged too; its points repeat the pruned
+        one's steps (MLflow keeps both, the full curve runs on to the end).
         """
         previous = self._client().get_run(run_id).data.metrics
-        stale = {key: float("nan") for key in previous if key not in metrics}
+        stale = {
+            key: float("nan") for key in previous if key not in metrics and key != rec.CURVE_METRIC
+        }
         self._log_batch(run_id, {**metrics, **stale}, tags={rec.STATUS_TAG: status}, step=1)
+        self._log_curve(run_id, curve)
         return True
+
+    def _log_curve(self, run_id: str, curve: Mapping[int, float] | None) -> None:
+        """The learning curve as one metric with steps, in one request per 1000 points."""
+        from mlflow.entities import Metric
+
+        if not curve:
+            return
+        now = int(time.time() * 1000)
+        points = [
+            Metric(rec.CURVE_METRIC, float(v), now, int(k)) for k, v in sorted(curve.items())
+        ]
+        for i in range(0, len(points), 1000):
+            self._client().log_batch(run_id, metrics=points[i : i + 1000])
 
     # -- the Tracker API ------------------------------------------------------------------
     def start_search(
@@ -316,6 +340,7 @@ class MlflowTracker(Tracker):
         tags: Mapping[str, str] | None = None,
         run_name: str | None = None,
         artifacts: Mapping[str, Any] | None = None,
+        curve: Mapping[int, float] | None = None,
     ) -> str | None:
         if parent_run_id is None or self._disabled:
             return None
@@ -350,7 +375,7 @@ class MlflowTracker(Tracker):
                 # Stopped early first, evaluated in full later: the full result replaces it.
                 done = self._guard(
                     f"update configuration {drop_key or 'baseline'!r}",
-                    lambda: self._update_child(run_id, values, status),
+                    lambda: self._update_child(run_id, values, status, curve),
                 )
                 if done:  # else it stays pruned here, and the next full result tries again
                     self._child_status[run_id] = status
@@ -381,6 +406,7 @@ class MlflowTracker(Tracker):
             self._log_batch(run_id, metrics=values, params=flat)
             for file_name, content in (artifacts or {}).items():
                 client.log_dict(run_id, content, file_name)
+            self._log_curve(run_id, curve)
             client.set_terminated(run_id, "FINISHED")
             return run_id
 

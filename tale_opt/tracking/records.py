@@ -33,6 +33,8 @@ STUDY_TAG = "tale_opt.study"  # the Optuna study a search (and its configuration
 SCORE_PROBE_TAG = "tale_opt.score_probe"  # parent: what its picks' optimization scores are
 TASK_ACCURACY = "task_accuracy"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
+# Child metric of the learning curve: accuracy on the examples seen, step = examples seen.
+CURVE_METRIC = "running_accuracy"
 
 # Config keys that say where or how a search runs, not what it searches: left out of
 # `search_key`, so moving the storage or adding workers still resumes the same parent run.
