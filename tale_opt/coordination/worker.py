@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -279,19 +280,30 @@ def _work(
 ) -> WorkerStats:
     stats = WorkerStats()
     idle_since = time.monotonic()
+    queued: int | None = None  # waiting candidates at this worker's last idle poll
     while keep_going() and not st.is_finished(study):
         # One read per poll: whether there is work, and early termination's first rival.
         trials = study.get_trials(deepcopy=False)
-        if waiting_candidates(study, trials):
+        waiting = waiting_candidates(study, trials)
+        # Back from idle, claim once the queue stops growing. A coordinator enqueues a round
+        # one trial at a time; idle workers that race for each trial as it appears lose the
+        # race N - 1 times per trial, and each loser's `study.ask()` makes a stray trial, a
+        # write that locks the study row the coordinator's next enqueue needs (32 workers:
+        # 649 stray trials for 96 candidates; benchmarks/bench_coordination.py).
+        if waiting and (queued is None or waiting <= queued):
+            queued = None
             if run_one(study, evaluate, stats, trials=trials):
                 idle_since = time.monotonic()
             continue
-        # An idle worker helps notice dead peers: their trials are failed and re-queued.
-        optuna.storages.fail_stale_trials(study)
+        if not waiting:
+            # An idle worker helps notice dead peers: their trials are failed and re-queued.
+            optuna.storages.fail_stale_trials(study)
+        queued = waiting
         if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
             log.info("no work for %.0f s; leaving", idle_timeout)
             break
-        time.sleep(poll_interval)
+        # Jittered, so that workers that went idle together do not all poll at once.
+        time.sleep(poll_interval * random.uniform(0.5, 1.5))
     return stats
 
 
