@@ -8,11 +8,11 @@ with a stand-in evaluator, in up to 64 worker processes.
 Each run is one greedy search (`GreedyElimination` over a 48-layer model, epsilon 1 so it
 never stops early: the baseline, then rounds of 48 and 47 candidates; 1 worker: a 32-layer
 model, one round) in a fresh study, coordinated by `run_coordinator` in its own process, and
-evaluated by N spawned processes running `run_worker`. The stand-in evaluator sleeps a fixed delay per candidate
-(1 s: a real candidate costs seconds to minutes, so this is the hard case for coordination)
-and scores it from a seeded table (`searchers.testing.fake_score`). The workers import
-nothing of torch or transformers (checked in each one, and reported), so 64 of them fit in a
-few GB: the worker protocol does not depend on the model.
+evaluated by N spawned processes running `run_worker`. The stand-in evaluator sleeps a fixed
+delay per candidate (1 s: a real candidate costs seconds to minutes, so this is the hard case
+for coordination) and scores it from a seeded table (`searchers.testing.fake_score`). The
+workers import nothing of torch or transformers (checked in each one, and reported), so 64 of
+them fit in a few GB: the worker protocol does not depend on the model.
 
 Reported per storage and worker count:
 
