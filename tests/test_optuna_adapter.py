@@ -51,6 +51,7 @@ def test_the_journal_storage_beats_and_reports_stale_trials(tmp_path):
     )
     assert is_heartbeat_enabled(storage)
     study = optuna.create_study(storage=storage)
+    study.enqueue_trial({})
     with pytest.warns(UserWarning, match="supposed to be used with Study.optimize"):
         study.ask()  # a trial in flight, as a worker's
     (frozen,) = study.get_trials()
@@ -105,6 +106,8 @@ def test_a_claim_is_the_write_optunas_pop_makes_on_the_table_the_adapter_claims_
     assert "set_trial_state_values(" in pop and "TrialState.RUNNING" in pop, (
         "Optuna no longer claims a waiting trial through set_trial_state_values(RUNNING)"
     )
+    # On an empty queue ask() creates a trial without a template: what the adapter refuses.
+    assert "create_new_trial(self._study_id)" in inspect.getsource(optuna.Study.ask)
     columns = set(models.TrialModel.__table__.columns.keys())
     assert {"trial_id", "state", "datetime_start"} <= columns
     ours = inspect.getsource(RDBStorage.set_trial_state_values)

@@ -3,8 +3,10 @@
 Each claim goes through `study.optimize(..., n_trials=1)` rather than ask/tell, because only
 `optimize` runs the heartbeat thread and calls `fail_stale_trials` (Optuna runs heartbeats
 inside its optimize loop only). `study.ask()` pops the oldest WAITING trial; when another worker
-emptied the queue between our check and the pop, Optuna creates a fresh sampler trial instead:
-we mark that one `stray` and prune it without evaluating anything, so it is never counted.
+emptied the queue between our check and the pop, the storage makes up no trial
+(`NoWaitingTrial`, optuna_adapter.py) and the claim is lost: counted as `stray`, nothing
+written. A waiting trial that is not a coordinator's (no marker) is marked `stray` and pruned
+without evaluating anything, so it is never counted.
 
 Exact early termination: when the coordinator marked a trial `prunable` and the evaluator can
 stop early (``supports_early_stop``, called as ``evaluate(candidate, can_still_win=...)``), the
@@ -34,6 +36,7 @@ from sqlalchemy.exc import DatabaseError
 
 from searchers.base import Searcher
 from tale_opt.coordination import study as st
+from tale_opt.coordination.optuna_adapter import NoWaitingTrial
 from tale_opt.errors import SearchFailed
 from tale_opt.types import Candidate, DropSet, Observation, Status
 
@@ -52,7 +55,7 @@ class WorkerStats:
     evaluated: int = 0  # trials this worker completed (pruned ones included)
     pruned: int = 0  # of those, stopped early: they could not beat their round's incumbent
     superseded: int = 0  # trials taken from us as stale, re-run elsewhere
-    stray: int = 0  # sampler trials created by a lost race, pruned unevaluated
+    stray: int = 0  # claims lost to another worker (the queue emptied first)
 
 
 @contextlib.contextmanager
@@ -175,6 +178,9 @@ def run_one(
             catch=(_Superseded,),
             callbacks=[lambda _study, trial: told.append(trial)],
         )
+    except NoWaitingTrial:
+        stats.stray += 1
+        return False
     except Exception:
         # Telling a trial that was failed as stale raises; that is not our error.
         if not _was_superseded(study, claimed.get("number")):
