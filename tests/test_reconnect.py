@@ -117,7 +117,8 @@ def storage_without_pre_ping(storage_class, url: str, **extra):
     # Without pre-ping the pooled connection is used as it is: a drop hits the operation.
     storage = storage_class(sqlalchemy_url(url), engine_kwargs={}, **extra)
     study = st.open_study(storage, "s", {"fake": True}, {})
-    st.enqueue(study, Candidate(DropSet((0,))))
+    for layer in (0, 2):  # "claim and tell" runs twice
+        st.enqueue(study, Candidate(DropSet((layer,))))
     study.get_trials(deepcopy=False)
     return storage, study
 

@@ -16,7 +16,7 @@ from tale_opt.coordination.storage import (
     mask,
     open_storage,
 )
-from tale_opt.coordination.worker import run_one
+from tale_opt.coordination.worker import WorkerStats, run_one
 from tale_opt.errors import UsageError
 from tale_opt.types import Candidate, DropSet, Observation, Status
 from tests.fake_search import FakeEvaluate
@@ -170,12 +170,24 @@ def test_observation_round_trips_through_a_trial(tmp_path):
     assert obs.status is Status.COMPLETE
 
 
-def test_a_trial_the_sampler_invents_is_never_evaluated_or_counted(tmp_path):
-    storage = open_storage(StorageConfig.from_mapping(sqlite_cfg(tmp_path)))
-    study = st.open_study(storage, "s", {"x": 1}, {})
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_claim_on_an_empty_queue_makes_up_no_trial(kind, tmp_path):
+    cfg = {**sqlite_cfg(tmp_path), "kind": kind, "path": str(tmp_path / f"t.{kind}")}
+    study = st.open_study(open_storage(StorageConfig.from_mapping(cfg)), "s", {"x": 1}, {})
     evaluate = FakeEvaluate(log_dir=str(tmp_path))
     # The queue is empty, as when another worker took the last trial between our check and
-    # our claim: study.ask() makes a fresh trial, which must be marked and left alone.
+    # our claim: Optuna's study.ask() would create a sampler trial; tale_opt's storages refuse.
+    stats = WorkerStats()
+    assert not run_one(study, evaluate, stats)
+    assert study.get_trials() == [] and stats.stray == 1
+    assert not list(tmp_path.glob("*.log"))
+
+
+def test_a_waiting_trial_that_is_no_coordinators_is_never_evaluated_or_counted(tmp_path):
+    storage = open_storage(StorageConfig.from_mapping(sqlite_cfg(tmp_path)))
+    study = st.open_study(storage, "s", {"x": 1}, {})
+    study.enqueue_trial({})  # someone else's trial: no tale_opt marker
+    evaluate = FakeEvaluate(log_dir=str(tmp_path))
     assert not run_one(study, evaluate)
     (trial,) = study.get_trials()
     assert trial.state == optuna.trial.TrialState.PRUNED

@@ -3,6 +3,7 @@
 
     search   (the default) a Hydra app over the config groups in tale_opt/conf/
     worker   joins a running search (composes conf/worker.yaml)
+    workers  submits N workers at once: a Slurm job array, or local processes (submitit)
     export   writes a pruned checkpoint
     bench    latency, throughput and TFLOPs of pruned variants
     report   compares searches logged to MLflow
@@ -32,6 +33,7 @@ DEFAULT = "tale_opt.commands.search"
 # Subcommand name -> module with `main(argv)`; anything else is a search's Hydra overrides.
 SUBCOMMANDS = {
     "worker": "tale_opt.commands.worker",
+    "workers": "tale_opt.commands.workers",
     "export": "tale_opt.commands.export",
     "bench": "tale_opt.commands.bench",
     "report": "tale_opt.commands.report",

@@ -25,6 +25,7 @@ from tale_opt.commands.config import (
     compose,
     source_from,
 )
+from tale_opt.commands.launchers import check_launcher, is_job_failure, job_failure
 from tale_opt.errors import SearchFailed, UsageError
 
 _job_started = False  # set by the task function: errors before it are Hydra's own
@@ -49,6 +50,8 @@ def main(argv: Sequence[str]) -> None:
     except Exception as err:
         if debug:
             raise
+        if is_job_failure(err):  # a sweep job on a submitit launcher (hydra/launcher=slurm)
+            fail(job_failure(err), debug)
         fail(_hydra_errors(err), debug)
     from tale_opt.commands.sweep import sweep_failure
 
@@ -58,13 +61,18 @@ def main(argv: Sequence[str]) -> None:
 
 
 def register_resolvers() -> None:
-    """The config's own resolvers (conf/config.yaml names run directories with one)."""
+    """The config's own resolvers (conf/config.yaml names run directories with one).
+
+    Cached: Hydra copies a config's resolver cache into every sweep job's config, so a job
+    that a submitit launcher runs in another process gets this process's sweep directory
+    instead of making a fresh one of its own.
+    """
     from omegaconf import OmegaConf
 
     from tale_opt.commands.run_dirs import RESOLVER, fresh_dir
 
     if not OmegaConf.has_resolver(RESOLVER):
-        OmegaConf.register_new_resolver(RESOLVER, fresh_dir)
+        OmegaConf.register_new_resolver(RESOLVER, fresh_dir, use_cache=True)
 
 
 def precheck(argv: Sequence[str]) -> None:
@@ -82,6 +90,7 @@ def precheck(argv: Sequence[str]) -> None:
     source = source_from(args.overrides, args.config_dir, args.config_name)
     check_retired_keys(args.overrides)
     check_group_choices(args.overrides, source)
+    check_launcher(args.overrides)
     shows = args.cfg or args.help or args.hydra_help or args.info or args.shell_completion
     if shows:
         return

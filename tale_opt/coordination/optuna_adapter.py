@@ -18,6 +18,12 @@ loudly when an Optuna release changes the private names and signatures used belo
   some of the storage's private methods (`_get_trials`, `_create_new_trial`, ...), and
   `fail_stale_trials` calls `_get_stale_trial_ids`: those are retried too, or one dropped
   connection while reading trials would still end the search.
+  On PostgreSQL it also claims a waiting trial (WAITING -> RUNNING, the write `study.ask()`
+  tries on each waiting trial, oldest first, until one succeeds) with ``FOR UPDATE SKIP
+  LOCKED``: a trial another worker is claiming at that moment is passed over at once instead
+  of waited for. Optuna's plain ``FOR UPDATE`` makes the workers that go idle together (a new
+  round) queue behind each other on the oldest trial, then on the next, one commit after
+  another: measured on 32 workers, claims took seconds (benchmarks/bench_coordination.py).
 * `round_view`: racing with Optuna's `SuccessiveHalvingPruner` / `HyperbandPruner` on the
   trials of one greedy round only. A pruner reads the trials it compares through
   ``study.get_trials`` and writes its rung records through ``study._storage`` (Hyperband even
@@ -25,6 +31,12 @@ loudly when an Optuna release changes the private names and signatures used belo
   it is a study over a storage that shows just those trials; building it needs the study's
   storage object (``study._storage``). `completed_rungs` reads Successive Halving's rung
   records (``completed_rung_<k>`` system attributes) to say at which rung a trial stopped.
+* Both storages make up no trial: `study.ask()` on an empty queue raises `NoWaitingTrial` instead of
+  creating a sampler trial. Every trial of a tale_opt study is a coordinator's candidate; a
+  worker that lost the race for the last waiting one has nothing to do. Optuna's invented
+  trial had to be marked and pruned (three writes, one of them locking the study's row, which
+  every enqueue needs too), and workers that raced for a round's trials as the coordinator
+  enqueued them made hundreds: 649 for 96 candidates with 32 workers.
 """
 
 from __future__ import annotations
@@ -34,12 +46,15 @@ import functools
 import itertools
 import time
 from collections.abc import Callable, Container, Sequence
+from datetime import datetime
 from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat  # the interface RDBStorage implements
+from optuna.storages._rdb import models  # the trials table, for the claim
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -70,6 +85,18 @@ PUBLIC_RDB_OPERATIONS = (
 )  # fmt: skip
 
 
+class NoWaitingTrial(Exception):
+    """`study.ask()` found no waiting trial to claim (another worker took the last one), and
+    a tale_opt storage makes none up."""
+
+
+def _refuse_invented(template_trial: FrozenTrial | None) -> None:
+    # Enqueued and retried trials come with a template; only `study.ask()` on an empty queue
+    # asks for a trial without one.
+    if template_trial is None:
+        raise NoWaitingTrial("no waiting trial to claim: another worker took the last one")
+
+
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """A `JournalStorage` over a log file, with heartbeats like `RDBStorage`'s.
 
@@ -92,6 +119,10 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        _refuse_invented(template_trial)
+        return super().create_new_trial(study_id, template_trial)
 
     def record_heartbeat(self, trial_id: int) -> None:
         # Failed as stale meanwhile: the worker learns it when it reports its result.
@@ -130,6 +161,10 @@ class ReconnectingRDBStorage(RDBStorage):
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
+        if state == TrialState.RUNNING and values is None and self._skips_locked_rows():
+            return self.reconnect.call(
+                lambda: self._claim(trial_id), self.remove_session, "claiming a trial"
+            )
         attempt = itertools.count()
 
         def once() -> bool:
@@ -148,6 +183,37 @@ class ReconnectingRDBStorage(RDBStorage):
 
         return self.reconnect.call(once, self.remove_session, "set_trial_state_values")
 
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        # What `create_new_trial` and Optuna's trial cache both call.
+        _refuse_invented(template_trial)
+        return self.reconnect.call(
+            lambda: RDBStorage._create_new_trial(self, study_id, template_trial),
+            self.remove_session,
+            "_create_new_trial",
+        )
+
+    def _skips_locked_rows(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def _claim(self, trial_id: int) -> bool:
+        """WAITING -> RUNNING, as `RDBStorage.set_trial_state_values` does it, except that a
+        trial whose row another transaction holds is not ours to wait for: False at once
+        (it is being claimed, or finished; `study.ask()` then tries the next waiting one)."""
+        with _create_scoped_session(self.scoped_session) as session:
+            trial = (
+                session.query(models.TrialModel)
+                .filter(models.TrialModel.trial_id == trial_id)
+                .with_for_update(skip_locked=True)
+                .one_or_none()
+            )
+            if trial is None or trial.state != TrialState.WAITING:
+                return False
+            trial.state = TrialState.RUNNING
+            trial.datetime_start = datetime.now()
+        return True
+
 
 def _retried(name: str) -> Callable[..., Any]:
     operation = getattr(RDBStorage, name)
@@ -162,7 +228,8 @@ def _retried(name: str) -> Callable[..., Any]:
 
 
 for _name in PUBLIC_RDB_OPERATIONS + PRIVATE_RDB_OPERATIONS:
-    setattr(ReconnectingRDBStorage, _name, _retried(_name))
+    if _name not in vars(ReconnectingRDBStorage):  # those it defines retry themselves
+        setattr(ReconnectingRDBStorage, _name, _retried(_name))
 
 
 # -- a study restricted to one round, for Optuna's pruners -----------------------------------

@@ -204,6 +204,12 @@ def open_storage(config: StorageConfig, *, create: bool = True) -> optuna.storag
             # Replace pooled connections that died while idle; ReconnectingRDBStorage retries
             # operations whose connection dies while in use.
             "pool_pre_ping": True,
+            # One kept connection per process: each storage operation holds it for
+            # milliseconds, so the heartbeat thread rarely needs a second one (opened then
+            # and closed after). SQLAlchemy's default keeps up to 5 per process, and 64
+            # workers then exceed PostgreSQL's default max_connections (100).
+            "pool_size": 1,
+            "max_overflow": 4,
         }
     reconnect = Reconnect()
 

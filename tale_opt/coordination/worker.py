@@ -3,8 +3,10 @@
 Each claim goes through `study.optimize(..., n_trials=1)` rather than ask/tell, because only
 `optimize` runs the heartbeat thread and calls `fail_stale_trials` (Optuna runs heartbeats
 inside its optimize loop only). `study.ask()` pops the oldest WAITING trial; when another worker
-emptied the queue between our check and the pop, Optuna creates a fresh sampler trial instead:
-we mark that one `stray` and prune it without evaluating anything, so it is never counted.
+emptied the queue between our check and the pop, the storage makes up no trial
+(`NoWaitingTrial`, optuna_adapter.py) and the claim is lost: counted as `stray`, nothing
+written. A waiting trial that is not a coordinator's (no marker) is marked `stray` and pruned
+without evaluating anything, so it is never counted.
 
 Racing: an evaluator that takes a per-batch race hook (``supports_race``, called as
 ``evaluate(candidate, race=...)``) gets a `racing.TrialRace`: it reports the running accuracy
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +36,7 @@ from sqlalchemy.exc import DatabaseError
 
 from tale_opt.coordination import racing
 from tale_opt.coordination import study as st
+from tale_opt.coordination.optuna_adapter import NoWaitingTrial
 from tale_opt.errors import SearchFailed
 from tale_opt.types import Candidate, Observation, Status
 
@@ -50,7 +54,7 @@ class WorkerStats:
     evaluated: int = 0  # trials this worker completed (pruned ones included)
     pruned: int = 0  # of those, stopped early: bounded by, or raced out against, their leader
     superseded: int = 0  # trials taken from us as stale, re-run elsewhere
-    stray: int = 0  # sampler trials created by a lost race, pruned unevaluated
+    stray: int = 0  # claims lost to another worker (the queue emptied first)
 
 
 @contextlib.contextmanager
@@ -176,6 +180,9 @@ def run_one(
             catch=(_Superseded,),
             callbacks=[lambda _study, trial: told.append(trial)],
         )
+    except NoWaitingTrial:
+        stats.stray += 1
+        return False
     except Exception:
         # Telling a trial that was failed as stale raises; that is not our error.
         if not _was_superseded(study, claimed.get("number")):
@@ -243,19 +250,30 @@ def _work(
 ) -> WorkerStats:
     stats = WorkerStats()
     idle_since = time.monotonic()
+    queued: int | None = None  # waiting candidates at this worker's last idle poll
     while keep_going() and not st.is_finished(study):
         # One read per poll: whether there is work, and early termination's first rival.
         trials = study.get_trials(deepcopy=False)
-        if waiting_candidates(study, trials):
+        waiting = waiting_candidates(study, trials)
+        # Back from idle, claim once the queue stops growing. A coordinator enqueues a round
+        # one trial at a time; idle workers that race for each trial as it appears lose the
+        # race N - 1 times per trial, and each loser's `study.ask()` makes a stray trial, a
+        # write that locks the study row the coordinator's next enqueue needs (32 workers:
+        # 649 stray trials for 96 candidates; benchmarks/bench_coordination.py).
+        if waiting and (queued is None or waiting <= queued):
+            queued = None
             if run_one(study, evaluate, stats, trials=trials):
                 idle_since = time.monotonic()
             continue
-        # An idle worker helps notice dead peers: their trials are failed and re-queued.
-        optuna.storages.fail_stale_trials(study)
+        if not waiting:
+            # An idle worker helps notice dead peers: their trials are failed and re-queued.
+            optuna.storages.fail_stale_trials(study)
+        queued = waiting
         if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
             log.info("no work for %.0f s; leaving", idle_timeout)
             break
-        time.sleep(poll_interval)
+        # Jittered, so that workers that went idle together do not all poll at once.
+        time.sleep(poll_interval * random.uniform(0.5, 1.5))
     return stats
 
 

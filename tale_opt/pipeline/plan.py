@@ -95,6 +95,7 @@ def check_config(cfg: Mapping[str, Any]) -> CheckedConfig:
     validate.integer(cfg.get("n_opt"), "n_opt", minimum=1, allow_none=True)
     validate.integer(cfg.get("n_eval"), "n_eval", minimum=1, allow_none=True)
     workers = validate.integer(cfg.get("workers", 0), "workers", minimum=0)
+    validate.boolean(cfg.get("coordinator_evaluates", True), "coordinator_evaluates")
     threads = validate.integer(
         cfg.get("worker_threads"), "worker_threads", minimum=1, allow_none=True
     )

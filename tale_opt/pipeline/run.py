@@ -60,7 +60,7 @@ def run(
     started = time.perf_counter()
     plan = plan_search(cfg)
     evaluate = None
-    if plan.workers == 0:  # load the model before anything is recorded: it may not load
+    if evaluates_here(plan):  # load the model before anything is recorded: it may not load
         # No bar per candidate: the console shows one line per round (`progress.py`).
         evaluate = CandidateEvaluator(plan.config, task=plan.task, splits=plan.splits)
     open_search_study(plan)
@@ -74,6 +74,12 @@ def run(
         tracking.abort("FAILED")
         raise
     return summary
+
+
+def evaluates_here(plan: SearchPlan) -> bool:
+    """Whether this process evaluates candidates: `workers=0`, unless `coordinator_evaluates`
+    is false (it then only coordinates workers that join, e.g. a Slurm job array)."""
+    return plan.workers == 0 and plan.cfg.get("coordinator_evaluates", True)
 
 
 def _run(
@@ -91,7 +97,7 @@ def _run(
             evaluate.release_caches()  # before latency and held-out need the memory
         evaluator = evaluate.evaluator if evaluate is not None else _load_evaluator(plan)
         prepared = heldout_split
-        if prepared is None:  # workers=N: the model was loaded only now
+        if prepared is None:  # the workers evaluated: the model was loaded only now
             prepared = evaluator.prepare(plan.splits.evaluation, split="held-out")
         costs = accepted_costs(evaluator, result.trajectory, plan.latency, prepared)
         picks = pick_configurations(result, plan.num_layers, plan.lam, costs)
@@ -148,6 +154,8 @@ def _search(
             threads=plan.threads,
         )
         local.start()
+    elif evaluate is None:
+        log.info("coordinator_evaluates=false: waiting for workers to join (command above)")
     searcher = plan.searcher
     chance = chance_level(plan.task, plan.splits.optimization)
     reported = 1  # accepted configurations whose test is logged (the baseline needs none)
