@@ -31,8 +31,8 @@ loudly when an Optuna release changes the private names and signatures used belo
   it is a study over a storage that shows just those trials; building it needs the study's
   storage object (``study._storage``). `completed_rungs` reads Successive Halving's rung
   records (``completed_rung_<k>`` system attributes) to say at which rung a trial stopped.
-* Both storages make up no trial: `study.ask()` on an empty queue raises `NoWaitingTrial` instead of
-  creating a sampler trial. Every trial of a tale_opt study is a coordinator's candidate; a
+* Both storages make up no trial: `study.ask()` on an empty queue raises `NoWaitingTrial`
+  instead of creating a sampler trial. Every trial of a tale_opt study is a coordinator's candidate; a
   worker that lost the race for the last waiting one has nothing to do. Optuna's invented
   trial had to be marked and pruned (three writes, one of them locking the study's row, which
   every enqueue needs too), and workers that raced for a round's trials as the coordinator
