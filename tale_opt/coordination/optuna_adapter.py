@@ -32,11 +32,11 @@ loudly when an Optuna release changes the private names and signatures used belo
   storage object (``study._storage``). `completed_rungs` reads Successive Halving's rung
   records (``completed_rung_<k>`` system attributes) to say at which rung a trial stopped.
 * Both storages make up no trial: `study.ask()` on an empty queue raises `NoWaitingTrial`
-  instead of creating a sampler trial. Every trial of a tale_opt study is a coordinator's candidate; a
-  worker that lost the race for the last waiting one has nothing to do. Optuna's invented
-  trial had to be marked and pruned (three writes, one of them locking the study's row, which
-  every enqueue needs too), and workers that raced for a round's trials as the coordinator
-  enqueued them made hundreds: 649 for 96 candidates with 32 workers.
+  instead of creating a sampler trial. Every trial of a tale_opt study is a coordinator's
+  candidate; a worker that lost the race for the last waiting one has nothing to do. Optuna's
+  invented trial had to be marked and pruned (three writes, one of them locking the study's
+  row, which every enqueue needs too), and workers that raced for a round's trials as the
+  coordinator enqueued them made hundreds: 649 for 96 candidates with 32 workers.
 """
 
 from __future__ import annotations
