@@ -44,9 +44,11 @@ SUBCOMMANDS = {
 # One line each for `python -m tale_opt --help`, in the order of SUBCOMMANDS.
 SUMMARIES = {
     "worker": "join a running search and evaluate its candidates (any machine)",
+    "workers": "submit N workers at once (a Slurm job array through submitit, or locally)",
     "export": "write the pruned checkpoint of a search's pick (plain transformers)",
     "bench": "latency, throughput and TFLOPs of a model and its pruned variants",
     "report": "compare searches logged to MLflow (tables and plots)",
+    "evaluate": "score a model, a drop set or a search's picks on held-out splits",
     "finetune": "LoRA fine-tuning of a search's pick, a checkpoint or the full model",
     "pipeline": "baseline, TALE, FT and their orders in one table (the paper's Table 1)",
 }

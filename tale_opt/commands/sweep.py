@@ -38,11 +38,15 @@ class SweepFailed(SearchFailed):
     """Some jobs of a sweep failed (the others ran to the end)."""
 
 
+class SweepInvalid(UsageError):
+    """Every job of a sweep was refused as bad input: the command exits as bad input does."""
+
+
 # The failure of the last sweep this process ran (None: none, or all of its jobs finished).
-_failure: SweepFailed | None = None
+_failure: SweepFailed | SweepInvalid | None = None
 
 
-def sweep_failure() -> SweepFailed | None:
+def sweep_failure() -> SweepFailed | SweepInvalid | None:
     """Why the sweep that just ended failed, if some of its jobs did."""
     return _failure
 
@@ -62,7 +66,7 @@ def failed_job(err: BaseException, debug: bool = False) -> dict[str, str]:
         traceback.print_exception(err, file=sys.stderr)
     message = " ".join(str(err).split()) or type(err).__name__
     print(f"error: {message} (this job failed; the sweep goes on)", file=sys.stderr)
-    return {"status": FAILED, "error": message}
+    return {"status": FAILED, "error": message, "bad_input": isinstance(err, UsageError)}
 
 
 def _outcome(job_return: Any) -> dict[str, str]:
@@ -94,12 +98,17 @@ class SweepSummary(Callback):
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         if not _is_multirun(config):
             return
-        record = {
-            "job": int(config.hydra.job.num),
-            "overrides": list(job_return.overrides or []),
-            "dir": str(config.hydra.runtime.output_dir),
-            **_outcome(job_return),
-        }
+        from tale_opt.credentials import mask_values
+
+        # Masked: overrides and errors may carry a storage or tracking URL's password.
+        record = mask_values(
+            {
+                "job": int(config.hydra.job.num),
+                "overrides": list(job_return.overrides or []),
+                "dir": str(config.hydra.runtime.output_dir),
+                **_outcome(job_return),
+            }
+        )
         from tale_opt.pipeline.outputs import write_json_atomic
 
         jobs = Path(config.hydra.sweep.dir) / JOBS_DIR
@@ -119,7 +128,9 @@ class SweepSummary(Callback):
         _failure = None
         if failed:
             numbers = ", ".join(f"#{j['job']}" for j in failed)
-            _failure = SweepFailed(
+            # Every job refused as bad input: exit as bad input (2), not as a failed search.
+            invalid = len(failed) == len(jobs) and all(j.get("bad_input") for j in failed)
+            _failure = (SweepInvalid if invalid else SweepFailed)(
                 f"{len(failed)} of {len(jobs)} sweep jobs did not finish ({numbers}); the "
                 f"table is in {sweep_dir / SUMMARY_MD}. The same command runs them again; "
                 "its finished jobs resume from the storage without evaluating candidates again"
