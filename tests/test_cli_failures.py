@@ -266,6 +266,7 @@ def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path)
     """The default run and sweep directories, resolved as two processes started in the same
     second would: the second gets `_2` instead of the first one's directory."""
     code = """
+import copy
 import sys
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -279,9 +280,11 @@ register_schemas()
 with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
     cfg = compose("config", return_hydra_config=True)
 for key in ("hydra.run.dir", "hydra.sweep.dir"):
-    first = OmegaConf.select(cfg, key)
+    # Two unresolved copies: the resolver caches its value per config, as one process would.
+    one, two = copy.deepcopy(cfg), copy.deepcopy(cfg)
+    first = OmegaConf.select(one, key)
     run_dirs._made.clear()  # what a second process, with the same clock, starts with
-    print(first, OmegaConf.select(cfg, key))
+    print(first, OmegaConf.select(two, key))
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
