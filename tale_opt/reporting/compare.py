@@ -242,13 +242,6 @@ class Comparison:
         return [v for v in self.shown if not v.finished]
 
 
-def _seed_order(seed: str) -> tuple[int, float, str]:
-    try:
-        return (0, float(seed), seed)
-    except ValueError:
-        return (1, 0.0, seed)
-
-
 def compare_searches(views: Iterable[SearchView]) -> Comparison:
     """Group searches by every setting but the seed; one search per group and seed: a
     finished one before one that is not, then the newest."""
@@ -269,7 +262,7 @@ def compare_searches(views: Iterable[SearchView]) -> Comparison:
     groups = []
     for key, seeds in by_seed.items():
         model, task, searcher, settings, config = key
-        members = sorted(seeds.values(), key=lambda v: _seed_order(v.seed))
+        members = sorted(seeds.values(), key=lambda v: rec.seed_order(v.seed))
         groups.append(SeedGroup(model, task, searcher, dict(settings), dict(config), members))
     groups.sort(key=lambda g: (g.title, sorted(g.settings.items()), sorted(g.config.items())))
     _mark_distinct(groups)

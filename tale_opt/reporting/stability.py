@@ -279,13 +279,6 @@ def _group_of(record: Any) -> Group:
     )
 
 
-def _seed_order(seed: str) -> tuple[int, float, str]:
-    try:
-        return (0, float(seed), seed)
-    except ValueError:
-        return (1, 0.0, seed)
-
-
 def collect(records: Iterable[Any]) -> StabilityData:
     """Group finished runs by settings, then n_opt; one run per seed (the newest)."""
     records = list(records)
@@ -319,7 +312,7 @@ def collect(records: Iterable[Any]) -> StabilityData:
         for (n_opt, _), run in by_seed[key].items():
             cells.setdefault(n_opt, []).append(run)
         group.cells = [
-            Cell(n_opt, sorted(runs, key=lambda r: _seed_order(r.seed)))
+            Cell(n_opt, sorted(runs, key=lambda r: rec.seed_order(r.seed)))
             for n_opt, runs in sorted(cells.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
         ]
     ordered = sorted(groups.values(), key=lambda g: (g.title, sorted(g.settings.items())))

@@ -188,3 +188,11 @@ def summary_tags(summary: Mapping[str, Any]) -> dict[str, str]:
         if isinstance(record, Mapping) and "drop_layers" in record:
             tags[f"tale_opt.{pick}.drop"] = ",".join(str(i) for i in record["drop_layers"])
     return tags
+
+
+def seed_order(seed: str) -> tuple[int, float, str]:
+    """Sort key of seeds as tags hold them: numbers in numeric order, then any other text."""
+    try:
+        return (0, float(seed), seed)
+    except ValueError:
+        return (1, 0.0, seed)
