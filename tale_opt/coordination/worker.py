@@ -291,20 +291,22 @@ def _work(
         # One read per poll: whether there is work, and early termination's first rival.
         trials = study.get_trials(deepcopy=False)
         waiting = waiting_candidates(study, trials)
-        # Back from idle, claim once the queue stops growing. A coordinator enqueues a round
-        # one trial at a time; idle workers that race for each trial as it appears lose the
-        # race N - 1 times per trial, and each loser's `study.ask()` makes a stray trial, a
-        # write that locks the study row the coordinator's next enqueue needs (32 workers:
-        # 649 stray trials for 96 candidates; benchmarks/bench_coordination.py).
+        # Back from idle, claim once the queue stops growing: a coordinator enqueues a round
+        # one trial at a time, and idle workers that raced for each trial as it appeared lost
+        # N - 1 times per trial. A lost claim (the queue emptied first) also waits a poll
+        # instead of racing again at once. Each lost claim reads the queue and tries it, so
+        # racing had 64 workers spend the storage's time on losing (benchmarks/
+        # bench_coordination.py).
         if waiting and (queued is None or waiting <= queued):
-            queued = None
             if run_one(study, evaluate, stats, trials=trials):
-                idle_since = time.monotonic()
-            continue
-        if not waiting:
-            # An idle worker helps notice dead peers: their trials are failed and re-queued.
-            optuna.storages.fail_stale_trials(study)
-        queued = waiting
+                idle_since, queued = time.monotonic(), None
+                continue
+            queued = 0  # lost the claim: next time, only a queue that has grown since
+        else:
+            if not waiting:
+                # An idle worker helps notice dead peers: their trials are failed and re-queued.
+                optuna.storages.fail_stale_trials(study)
+            queued = waiting
         if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
             log.info("no work for %.0f s; leaving", idle_timeout)
             break
