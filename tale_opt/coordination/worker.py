@@ -301,7 +301,7 @@ def _work(
             if run_one(study, evaluate, stats, trials=trials):
                 idle_since, queued = time.monotonic(), None
                 continue
-            queued = 0  # lost the claim: next time, only a queue that has grown since
+            queued = 0  # lost the claim: claim again once the queue has stopped growing
         else:
             if not waiting:
                 # An idle worker helps notice dead peers: their trials are failed and re-queued.
