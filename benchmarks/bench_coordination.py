@@ -374,10 +374,10 @@ def postgres_cpu_s() -> float:
 def kill_mid_round(
     folder: Path, processes: list[Any], run: Run, coordinator: threading.Event
 ) -> None:
-    """Once half the workers the first full round can occupy are in one of its trials,
-    SIGKILL 10% of all workers, each in the middle of a trial (until the search ends)."""
+    """As soon as 10% of the workers are each in the middle of a trial of the first full
+    round, SIGKILL them (if that happens before the search ends)."""
     victims = max(1, round(0.1 * run.workers))
-    wanted = max(victims, min(run.workers, run.rounds[1]) // 2)
+    wanted = victims
     while not coordinator.is_set():
         busy = {}
         for log in folder.glob("*.log"):
@@ -499,13 +499,13 @@ def table(runs: list[Run]) -> str:
             )
             continue
         recovery = "—"
-        if run.kill:
-            got = sorted(run.recovery_s)
-            recovery = (
-                f"{run.killed} killed: {fmt(min(got), '.1f')}–{fmt(max(got), '.1f')}"
-                if len(got) == run.killed
-                else f"{run.killed} killed, {len(got)} re-run"
-            )
+        got = sorted(run.recovery_s)
+        if run.kill and not run.killed:
+            recovery = "none killed (too few busy at once)"
+        elif run.kill and len(got) == run.killed:
+            recovery = f"{run.killed} killed: {got[0]:.1f}–{got[-1]:.1f}"
+        elif run.kill:
+            recovery = f"{run.killed} killed, {len(got)} re-run"
         wait, unavoidable = (
             None if share is None else 100 * share
             for share in (run.wait_share, run.unavoidable_wait_share)
