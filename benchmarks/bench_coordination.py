@@ -118,9 +118,11 @@ def worker_main(storage_cfg: dict, study: str, delay: float, folder: str) -> Non
     while not (here / "go").exists():
         time.sleep(0.01)
     cpu_at_start = time.process_time()  # imports and connecting are not coordination
+    parent = os.getppid()
     stats = run_worker(
-        found, StandIn(delay, str(here / f"{os.getpid()}.log")), poll_interval=config.poll_interval
-    )
+        found, StandIn(delay, str(here / f"{os.getpid()}.log")),
+        poll_interval=config.poll_interval, keep_going=lambda: os.getppid() == parent,
+    )  # fmt: skip
     record = {
         **describe(stats),
         "cpu_s": time.process_time() - cpu_at_start,

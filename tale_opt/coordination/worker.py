@@ -44,6 +44,7 @@ log = logging.getLogger("tale_opt.worker")
 
 Evaluate = Callable[[Candidate], Observation]
 INCUMBENT_REFRESH_S = 5.0  # how stale the incumbent of early termination may get
+IDLE_BACKOFF = 4  # an idle worker whose queue does not change polls down to 1 in 4 intervals
 
 
 class _Superseded(Exception):
@@ -287,6 +288,7 @@ def _work(
     stats = WorkerStats()
     idle_since = time.monotonic()
     queued: int | None = None  # waiting candidates at this worker's last idle poll
+    pause = poll_interval
     while keep_going() and not st.is_finished(study):
         # One read per poll: whether there is work, and early termination's first rival.
         trials = study.get_trials(deepcopy=False)
@@ -299,19 +301,23 @@ def _work(
         # bench_coordination.py).
         if waiting and (queued is None or waiting <= queued):
             if run_one(study, evaluate, stats, trials=trials):
-                idle_since, queued = time.monotonic(), None
+                idle_since, queued, pause = time.monotonic(), None, poll_interval
                 continue
             queued = 0  # lost the claim: claim again once the queue has stopped growing
         else:
             if not waiting:
                 # An idle worker helps notice dead peers: their trials are failed and re-queued.
                 optuna.storages.fail_stale_trials(study)
+            # Polls of idle workers were most of the storage's load with 64 of them: while
+            # the queue stays as it was, look less often, down to every IDLE_BACKOFF polls.
+            unchanged = waiting == queued
+            pause = min(2 * pause, IDLE_BACKOFF * poll_interval) if unchanged else poll_interval
             queued = waiting
         if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
             log.info("no work for %.0f s; leaving", idle_timeout)
             break
         # Jittered, so that workers that went idle together do not all poll at once.
-        time.sleep(poll_interval * random.uniform(0.5, 1.5))
+        time.sleep(pause * random.uniform(0.5, 1.5))
     return stats
 
 
