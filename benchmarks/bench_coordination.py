@@ -517,7 +517,8 @@ def table(runs: list[Run]) -> str:
             f"({'+'.join(map(str, run.rounds))}) | {run.search_s:.1f} ({run.ideal_s:.0f}) | "
             f"{fmt(run.overhead_median_ms)} / {fmt(run.overhead_p95_ms)} | "
             f"{fmt(run.claims_per_s, '.1f')} ({fmt(run.free_claims_per_s, '.0f')}) | "
-            f"{fmt(wait)}% ({fmt(unavoidable)}%) | {run.duplicates} | {recovery} | "
+            f"{'—' if wait is None else f'{wait:.0f}% ({unavoidable:.0f}%)'} | "
+            f"{run.duplicates} | {recovery} | "
             f"{fmt(run.peak_connections, 'd')} | {fmt(run.worker_cpu_ms)} / "
             f"{fmt(run.coordinator_cpu_ms)} / {fmt(run.server_cpu_ms)} |"
         )
