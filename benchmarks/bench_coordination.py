@@ -32,8 +32,8 @@ Reported per storage and worker count:
 * CPU per candidate: of all workers together (idle polling included), of the coordinator,
   and of the PostgreSQL server processes that served the run (the server's other clients
   count too, so read it as an upper bound);
-* stray trials (printed below each row, with the SQL statements per candidate by kind):
-  trials `study.ask()` created because the queue was empty when a worker tried to claim.
+* lost claims (printed below each row, with the SQL statements per candidate by kind):
+  claims that found the queue emptied by other workers (they write nothing).
 
 PostgreSQL runs use a fresh database per run on the server of $TALE_OPT_BENCH_POSTGRES_URL
 (default: the test server, postgresql://postgres@127.0.0.1:5432/test), dropped afterwards.
@@ -118,9 +118,11 @@ def worker_main(storage_cfg: dict, study: str, delay: float, folder: str) -> Non
     while not (here / "go").exists():
         time.sleep(0.01)
     cpu_at_start = time.process_time()  # imports and connecting are not coordination
+    parent = os.getppid()
     stats = run_worker(
-        found, StandIn(delay, str(here / f"{os.getpid()}.log")), poll_interval=config.poll_interval
-    )
+        found, StandIn(delay, str(here / f"{os.getpid()}.log")),
+        poll_interval=config.poll_interval, keep_going=lambda: os.getppid() == parent,
+    )  # fmt: skip
     record = {
         **describe(stats),
         "cpu_s": time.process_time() - cpu_at_start,
@@ -211,7 +213,7 @@ class Run:
     peak_connections: int | None = None
     same_result: bool | None = None
     # CPU per candidate: all workers together, the coordinator, the PostgreSQL server.
-    strays: int = 0  # trials `study.ask()` made when the queue ran dry under a worker
+    lost_claims: int = 0  # claims that found the queue emptied by other workers
     worker_statements: dict[str, float] = field(default_factory=dict)  # per candidate
     coordinator_statements: dict[str, float] = field(default_factory=dict)
     worker_cpu_ms: float | None = None
@@ -301,11 +303,14 @@ def run_once(kind: str, n: int, delay: float, kill: bool, limit: float) -> Run:
             )
             (folder / "go").touch()
             coordinator.start()
-            killer = None
+            killer, searched = None, threading.Event()
             if kill:
-                killer = threading.Thread(target=kill_mid_round, args=(folder, processes, run))
+                killer = threading.Thread(
+                    target=kill_mid_round, args=(folder, processes, run, searched)
+                )
                 killer.start()
             coordinator.join(limit)
+            searched.set()
             if coordinator.is_alive():
                 coordinator.kill()
                 run.reason = f"did not finish within {limit:.0f} s"
@@ -345,7 +350,7 @@ def explain(run: Run) -> None:
         top = sorted(counts.items(), key=lambda item: -item[1])
         listed = ", ".join(f"{count:g} {kind}" for kind, count in top)
         progress(f"{who}: {sum(counts.values()):.0f} statements per candidate ({listed})")
-    progress(f"stray trials: {run.strays}")
+    progress(f"claims lost to other workers: {run.lost_claims}")
 
 
 def progress(message: str) -> None:
@@ -368,18 +373,21 @@ def postgres_cpu_s() -> float:
     return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
-def kill_mid_round(folder: Path, processes: list[Any], run: Run) -> None:
-    """Once every worker is busy in the first full round, SIGKILL 10% of those mid-trial."""
+def kill_mid_round(
+    folder: Path, processes: list[Any], run: Run, coordinator: threading.Event
+) -> None:
+    """As soon as 10% of the workers are each in the middle of a trial of the first full
+    round, SIGKILL them (if that happens before the search ends)."""
     victims = max(1, round(0.1 * run.workers))
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
+    wanted = victims
+    while not coordinator.is_set():
         busy = {}
         for log in folder.glob("*.log"):
             lines = log.read_text().splitlines()
             kind, key, *_ = lines[-1].split(" ") if lines else ("", "")
             if kind == "start" and key and "," not in key:  # a candidate of round 1
                 busy[int(log.stem)] = key
-        if len(busy) >= min(run.workers, run.rounds[1]):
+        if len(busy) >= wanted:
             break
         time.sleep(0.02)
     else:
@@ -442,7 +450,7 @@ def measure(run: Run, folder: Path) -> None:
         run.wait_share = 1 - busy / capacity
         run.unavoidable_wait_share = 1 - run.candidates * run.delay / (run.workers * run.ideal_s)
     stats = [json.loads(p.read_text()) for p in folder.glob("stats-*")]
-    run.strays = sum(record["stray"] for record in stats)
+    run.lost_claims = sum(record["stray"] for record in stats)
     total: dict[str, int] = defaultdict(int)
     for record in stats:
         for kind, count in record["statements"].items():
@@ -493,13 +501,13 @@ def table(runs: list[Run]) -> str:
             )
             continue
         recovery = "—"
-        if run.kill:
-            got = sorted(run.recovery_s)
-            recovery = (
-                f"{run.killed} killed: {fmt(min(got), '.1f')}–{fmt(max(got), '.1f')}"
-                if len(got) == run.killed
-                else f"{run.killed} killed, {len(got)} re-run"
-            )
+        got = sorted(run.recovery_s)
+        if run.kill and not run.killed:
+            recovery = "none killed (too few busy at once)"
+        elif run.kill and len(got) == run.killed:
+            recovery = f"{run.killed} killed: {got[0]:.1f}–{got[-1]:.1f}"
+        elif run.kill:
+            recovery = f"{run.killed} killed, {len(got)} re-run"
         wait, unavoidable = (
             None if share is None else 100 * share
             for share in (run.wait_share, run.unavoidable_wait_share)
@@ -509,7 +517,8 @@ def table(runs: list[Run]) -> str:
             f"({'+'.join(map(str, run.rounds))}) | {run.search_s:.1f} ({run.ideal_s:.0f}) | "
             f"{fmt(run.overhead_median_ms)} / {fmt(run.overhead_p95_ms)} | "
             f"{fmt(run.claims_per_s, '.1f')} ({fmt(run.free_claims_per_s, '.0f')}) | "
-            f"{fmt(wait)}% ({fmt(unavoidable)}%) | {run.duplicates} | {recovery} | "
+            f"{'—' if wait is None else f'{wait:.0f}% ({unavoidable:.0f}%)'} | "
+            f"{run.duplicates} | {recovery} | "
             f"{fmt(run.peak_connections, 'd')} | {fmt(run.worker_cpu_ms)} / "
             f"{fmt(run.coordinator_cpu_ms)} / {fmt(run.server_cpu_ms)} |"
         )
@@ -523,6 +532,9 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=1.0)
     parser.add_argument("--zero-delay", action="store_true", help="also runs with delay 0")
     parser.add_argument("--no-kill", action="store_true", help="skip the 10%%-killed runs")
+    parser.add_argument(
+        "--only-kill", action="store_true", help="only the 10%%-killed run, at the most --workers"
+    )
     parser.add_argument("--limit", type=float, default=240, help="seconds a search may take")
     parser.add_argument("--json", type=Path, help="write every figure here too")
     args = parser.parse_args()
@@ -530,8 +542,8 @@ def main() -> None:
     print(f"{cores} cores, load average {os.getloadavg()[0]:.2f} before", flush=True)
     runs: list[Run] = []
     for kind in args.storages:
-        stopped, largest = False, None
-        for n in args.workers:
+        stopped, largest = False, (max(args.workers) if args.only_kill else None)
+        for n in [] if args.only_kill else args.workers:
             if stopped:
                 break
             plan = [(args.delay, False)] + ([(0.0, False)] if args.zero_delay else [])

@@ -179,3 +179,49 @@ def test_workers_on_slurm_are_one_job_array_with_a_gpu_each(stand_in_slurm, tmp_
 def test_bad_workers_command_is_one_line_exit_2(args, fragment):
     # No Slurm on this PATH: the check for it comes last.
     assert_usage_error(run_cli("workers", *args, env={"PATH": "/usr/bin:/bin"}), fragment)
+
+
+def test_the_shipped_workers_config_composes_and_validates_for_both_launchers(
+    monkeypatch, tmp_path
+):
+    from omegaconf import OmegaConf
+
+    from tale_opt.commands.config import ConfigSource, compose
+    from tale_opt.pipeline.worker_array import WorkerArray
+
+    monkeypatch.setenv("TALE_OPT_STORAGE_URL", "postgresql://u@127.0.0.1:5432/db")
+    source = ConfigSource(config_name="workers")
+    slurm = WorkerArray.from_mapping(
+        OmegaConf.to_container(compose(["study=s", "count=4"], source), resolve=True)
+    )
+    assert (slurm.launcher, slurm.count, slurm.storage.kind, slurm.gpus_per_worker) == (
+        "slurm", 4, "postgres", 1,
+    )  # fmt: skip
+    assert slurm.slurm["cpus_per_task"] == 8 and Path(slurm.folder).is_absolute()
+    local = WorkerArray.from_mapping(
+        OmegaConf.to_container(
+            compose(
+                [
+                    "launcher=local",
+                    "storage=sqlite",
+                    f"storage.path={tmp_path / 't.db'}",
+                    "study=s",
+                ],
+                source,
+            ),  # fmt: skip
+            resolve=True,
+        )
+    )
+    assert (local.launcher, local.storage.kind) == ("local", "sqlite")
+
+
+def test_coordinator_evaluates_must_be_true_or_false():
+    from omegaconf import OmegaConf
+
+    from tale_opt.commands.config import compose
+    from tale_opt.errors import UsageError
+    from tale_opt.pipeline.plan import check_config
+
+    cfg = OmegaConf.to_container(compose(["coordinator_evaluates=maybe"]), resolve=True)
+    with pytest.raises(UsageError, match="coordinator_evaluates must be true or false"):
+        check_config(cfg)

@@ -43,6 +43,7 @@ from tale_opt.types import Candidate, Observation, Status
 log = logging.getLogger("tale_opt.worker")
 
 Evaluate = Callable[[Candidate], Observation]
+IDLE_BACKOFF = 4  # an idle worker whose queue does not change polls down to 1 in 4 intervals
 
 
 class _Superseded(Exception):
@@ -251,29 +252,36 @@ def _work(
     stats = WorkerStats()
     idle_since = time.monotonic()
     queued: int | None = None  # waiting candidates at this worker's last idle poll
+    pause = poll_interval
     while keep_going() and not st.is_finished(study):
         # One read per poll: whether there is work, and early termination's first rival.
         trials = study.get_trials(deepcopy=False)
         waiting = waiting_candidates(study, trials)
-        # Back from idle, claim once the queue stops growing. A coordinator enqueues a round
-        # one trial at a time; idle workers that race for each trial as it appears lose the
-        # race N - 1 times per trial, and each loser's `study.ask()` makes a stray trial, a
-        # write that locks the study row the coordinator's next enqueue needs (32 workers:
-        # 649 stray trials for 96 candidates; benchmarks/bench_coordination.py).
+        # Back from idle, claim once the queue stops growing: a coordinator enqueues a round
+        # one trial at a time, and idle workers that raced for each trial as it appeared lost
+        # N - 1 times per trial. A lost claim (the queue emptied first) also waits a poll
+        # instead of racing again at once. Each lost claim reads the queue and tries it, so
+        # racing had 64 workers spend the storage's time on losing (benchmarks/
+        # bench_coordination.py).
         if waiting and (queued is None or waiting <= queued):
-            queued = None
             if run_one(study, evaluate, stats, trials=trials):
-                idle_since = time.monotonic()
-            continue
-        if not waiting:
-            # An idle worker helps notice dead peers: their trials are failed and re-queued.
-            optuna.storages.fail_stale_trials(study)
-        queued = waiting
+                idle_since, queued, pause = time.monotonic(), None, poll_interval
+                continue
+            queued = 0  # lost the claim: claim again once the queue has stopped growing
+        else:
+            if not waiting:
+                # An idle worker helps notice dead peers: their trials are failed and re-queued.
+                optuna.storages.fail_stale_trials(study)
+            # Polls of idle workers were most of the storage's load with 64 of them: while
+            # the queue stays as it was, look less often, down to every IDLE_BACKOFF polls.
+            unchanged = waiting == queued
+            pause = min(2 * pause, IDLE_BACKOFF * poll_interval) if unchanged else poll_interval
+            queued = waiting
         if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
             log.info("no work for %.0f s; leaving", idle_timeout)
             break
         # Jittered, so that workers that went idle together do not all poll at once.
-        time.sleep(poll_interval * random.uniform(0.5, 1.5))
+        time.sleep(pause * random.uniform(0.5, 1.5))
     return stats
 
 

@@ -73,7 +73,7 @@ def run(
         keep_going=keep_going,
     )
     log.info(
-        "worker %s leaves: %d evaluated, %d taken over as stale, %d stray",
+        "worker %s leaves: %d evaluated, %d taken over as stale, %d claims lost to others",
         worker_id(), stats.evaluated, stats.superseded, stats.stray,
     )  # fmt: skip
     return stats
