@@ -76,3 +76,23 @@ def test_an_existing_output_is_refused_before_loading_naming_the_flag(tmp_path, 
     assert "already exists and is not empty" in error and "pass --overwrite" in error
     assert "overwrite=True" not in error
     assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_finetune_refuses_a_pick_that_is_the_full_model_like_export(tmp_path):
+    from tale_opt.commands.finetune import build_job
+
+    run_dir = finished_run(tmp_path, "sleb", SLEB)
+    hydra = run_dir / ".hydra"
+    hydra.mkdir()
+    (hydra / "config.yaml").write_text(
+        "model: {path: " + str(tmp_path / "model") + "}\n"
+        "task: {name: arc_easy}\neval: {scoring: loglik}\nseed: 0\nn_opt: 8\nn_eval: 8\n"
+    )
+    with pytest.raises(UsageError) as refused:
+        build_job([f"run={run_dir}", "pick=best"])
+    message = str(refused.value)
+    assert "is the unpruned baseline" in message and "pick=final (layers 3,7)" in message
+    assert "pick=baseline for the full model" in message
+    # Asked for by name, the full model is fine-tuned (the paper's "fine-tune, no pruning").
+    assert build_job([f"run={run_dir}", "pick=baseline"]).drop.key == ""
+    assert build_job([f"run={run_dir}", "pick=final"]).drop.key == "3,7"

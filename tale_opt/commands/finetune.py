@@ -120,7 +120,9 @@ def _from_run(cfg: Mapping[str, Any], argv: Sequence[str]) -> dict[str, Any]:
         tracking["uri"] = run.tracking_uri  # where the search's parent run is
     return {
         "model": model,
-        "drop": run.drop(pick),
+        # Best of a search that accepted nothing better than the full model is the full model:
+        # say so rather than fine-tune it under the name of a pruned pick (pick=baseline asks).
+        "drop": run.pruned_drop(pick, flag="pick="),
         "task": dict(search["task"]),
         "eval": dict(search["eval"]),
         "seed": search["seed"],
