@@ -174,6 +174,25 @@ def compose(overrides: Sequence[str], source: ConfigSource | None = None) -> Any
         raise UsageError(explain(err, plain, source)) from err
 
 
+def compose_plain(overrides: Sequence[str], source: ConfigSource, missing: str) -> dict[str, Any]:
+    """The composed config as plain containers, every interpolation resolved, for the commands
+    whose config has a mandatory key (``???``) and no Hydra job (worker, workers).
+
+    Raises:
+        UsageError: As `compose`, or a mandatory key is missing; `missing` says which and how
+            to give it.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    check_group_choices(overrides, source)
+    cfg = compose(list(overrides), source)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        raise UsageError(missing) from err
+
+
 # Compositions a sweep's check may cost (about 0.25 s each); the rest Hydra checks per job.
 SWEEP_CHECKS = 48
 

@@ -17,30 +17,24 @@ import logging
 from collections.abc import Sequence
 
 from tale_opt.commands import fail, is_debug, print_usage, wants_help
-from tale_opt.commands.config import ConfigSource, check_group_choices, compose
+from tale_opt.commands.config import ConfigSource, compose_plain
 from tale_opt.errors import SearchFailed, UsageError
 
 WORKER_KEYS = "keys: storage=..., study, idle_timeout, device, model_path, threads"
 
 
 def main(argv: Sequence[str]) -> None:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import MissingMandatoryValue
 
     debug = is_debug(argv)
     if wants_help(argv):
         print_usage(__doc__, f"{WORKER_KEYS}; storage.* as for a search (see README)")
         return
     try:
-        source = ConfigSource(config_name="worker", hint=WORKER_KEYS)
-        check_group_choices(argv, source)
-        cfg = compose(list(argv), source)
-        try:
-            container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        except MissingMandatoryValue as err:
-            raise UsageError(
-                "the worker needs the study to join: study=NAME (the coordinator prints it)"
-            ) from err
+        container = compose_plain(
+            argv,
+            ConfigSource(config_name="worker", hint=WORKER_KEYS),
+            missing="the worker needs the study to join: study=NAME (the coordinator prints it)",
+        )
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
         from tale_opt.coordination.console import quiet_optuna
         from tale_opt.pipeline import worker

@@ -13,7 +13,7 @@ import gc
 from collections.abc import Sequence
 
 from tale_opt.commands import fail, is_debug
-from tale_opt.commands.config import ConfigSource, check_group_choices, compose
+from tale_opt.commands.config import ConfigSource, compose_plain
 from tale_opt.errors import SearchFailed, UsageError
 
 WORKERS_KEYS = (
@@ -23,21 +23,15 @@ WORKERS_KEYS = (
 
 
 def main(argv: Sequence[str]) -> None:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import MissingMandatoryValue
 
     debug = is_debug(argv)
     try:
-        source = ConfigSource(config_name="workers", hint=WORKERS_KEYS)
-        check_group_choices(argv, source)
-        cfg = compose(list(argv), source)
-        try:
-            container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        except MissingMandatoryValue as err:
-            raise UsageError(
-                "the workers need the study to join: study=NAME (the coordinator prints it; "
-                "give the coordinator the same study=NAME to start them first)"
-            ) from err
+        container = compose_plain(
+            argv,
+            ConfigSource(config_name="workers", hint=WORKERS_KEYS),
+            missing="the workers need the study to join: study=NAME (the coordinator prints "
+            "it; give the coordinator the same study=NAME to start them first)",
+        )
         from tale_opt.pipeline.worker_array import WorkerArray, submit
 
         array = WorkerArray.from_mapping(container)
