@@ -514,6 +514,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated subset of {', '.join(PARTS)}")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.device == "cpu" and not args.smoke:
+        parser.error("--device cpu runs only with --smoke: the full sizes need a GPU")
     unknown = set(args.parts.split(",")) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
