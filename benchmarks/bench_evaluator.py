@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import statistics
 import time
@@ -48,6 +49,7 @@ from bench_setup import add_model_arguments, load, matmul_rate, sync
 from tale_opt.cost.flops import count_flops
 from tale_opt.evaluation.evaluator import Evaluator, PreparedSplit
 from tale_opt.evaluation.prefix_reuse import PrefixReuse
+from tale_opt.evaluation.results import compare_results
 from tale_opt.model.surgery import decoder_layers, dropped_layers
 from tale_opt.types import DropSet
 
@@ -188,7 +190,7 @@ def measure(split: tuple, drops: list[DropSet], args: Any) -> SimpleNamespace:
     """
     plain, shared, plain_split, shared_split, encode = split
     device, n = plain.device, len(plain_split)
-    out = SimpleNamespace(captures=[], early=[], agree=[], secs={m: [] for m in "ab+cd"})
+    out = SimpleNamespace(captures=[], early=[], agree=[], secs={m: [] for m in "ab+cd"}, n=n)
     for evaluator, prepared in ((plain, plain_split), (shared, shared_split)):
         warm = dataclasses.replace(
             prepared, examples=prepared.examples[:2], prompt_ids=prepared.prompt_ids[:2],
@@ -250,15 +252,15 @@ def check_results(out: SimpleNamespace, results: dict[str, list[Any]]) -> None:
     out.max_diff, out.same_picks = 0.0, None
     if results["+"] and results["b"]:
         out.same_picks = True
-    for ours, theirs in zip(results["c"], results["+"], strict=False):
-        same = [p.scores for p in ours.predictions] == [p.scores for p in theirs.predictions]
-        assert same and ours.accuracy == theirs.accuracy, "prefix reuse changed a result"
+    out.reuse_identical = all(
+        compare_results(ours, theirs).bit_identical
+        for ours, theirs in zip(results["c"], results["+"], strict=False)
+    )
+    assert out.reuse_identical, "prefix reuse changed a result"
     for ours, theirs in zip(results["+"], results["b"], strict=False):
-        for p, q in zip(ours.predictions, theirs.predictions, strict=True):
-            out.same_picks &= p.prediction == q.prediction
-            out.max_diff = max(
-                out.max_diff, *(abs(x - y) for x, y in zip(p.scores, q.scores, strict=True))
-            )
+        diff = compare_results(ours, theirs)
+        out.same_picks &= not diff.different_predictions
+        out.max_diff = max(out.max_diff, diff.max_abs_diff)
     out.agree = statistics.mean(
         pick == p.prediction
         for picks, res in zip(out.ref_picks, results["b"] or results["c"], strict=False)
@@ -306,6 +308,49 @@ def report(out: SimpleNamespace, floor: float, gflop: float, ref_gflop: float,
               "candidates has fewer rivals than a whole round")  # fmt: skip
 
 
+def figures(out: SimpleNamespace, floor: float, gflop: float, num_layers: int,
+            n_drops: int) -> dict[str, Any]:  # fmt: skip
+    """What `report` prints, as plain JSON values (for `--json`)."""
+    ref = out.rows[0][1]
+    modes = [
+        {"mode": name, "on": on, "seconds_per_candidate_example": seconds,
+         "vs_reference": ref / seconds, "vs_floor": seconds / floor}
+        for name, seconds, on in out.rows
+    ]  # fmt: skip
+    b, shared, engine = out.tokens["b"], out.tokens["+"], out.tokens["c"]
+    cache = out.reuse.cache
+    found: dict[str, Any] = {
+        "floor_seconds_per_candidate_example": floor,
+        "gflop_per_candidate_example": gflop,
+        "modes": modes,
+        "reference_agreement": out.agree,
+        "shared_prefix_same_picks": out.same_picks,
+        "shared_prefix_max_abs_diff": out.max_diff,
+        "prefix_reuse_bit_identical": out.reuse_identical,
+        "base_captures": len(out.captures),
+        "base_capture_seconds": sum(out.captures),
+        "cache_gib": cache.nbytes / 2**30 if cache else None,
+        "cache_stride": cache.stride if cache else None,
+        "token_passes": {"b": b, "b+": shared, "c": engine},
+        "whole_round": None,
+    }
+    if out.whole_round is not None:
+        passes = num_layers + sum(out.round_layers)
+        found["whole_round"] = {
+            "candidates": num_layers,
+            "seconds_per_candidate_example": out.whole_round / out.n,
+            "vs_floor": out.whole_round / out.n / floor,
+            "layer_passes_vs_plain": passes / (num_layers * (num_layers - 1)),
+            "measured_candidates": n_drops,
+        }
+    return found
+
+
+def write_json(path: str, setup: dict[str, Any], found: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump({"setup": setup, "figures": found}, f, indent=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
@@ -318,6 +363,8 @@ def main() -> None:
     parser.add_argument("--modes", default="ab+cd",
                         help="modes to run besides (a) and (c), e.g. 'ac' with --candidates all "
                         "to measure a whole round of the engine")  # fmt: skip
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="also write the setup and the printed figures to PATH")  # fmt: skip
     args = parser.parse_args()
     args.modes += "ac"
     load_before = os.getloadavg()[0]
@@ -352,6 +399,19 @@ def main() -> None:
     report(out, flops / n / rate, flops / n / 1e9, ref_flops / out.ref_n / 1e9,
            num_layers, len(drops), n)  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        setup = {
+            "device": str(device), "dtype": dtype_name, "model": args.model, "shapes": shapes,
+            "layers": num_layers, "hidden_size": config.hidden_size,
+            "vocab_size": config.vocab_size, "examples": n, "prompt_tokens": [min(lengths),
+            max(lengths), statistics.mean(lengths)], "shared_tokens": shared_split.shared_len,
+            "batch_size": args.batch_size, "candidates": [d.layers[0] for d in drops],
+            "reference_candidates": len(out.ref_drops), "reference_examples": out.ref_n,
+            "modes": args.modes, "prefix_cache_gb": args.prefix_cache_gb,
+            "matmul_gflops": rate / 1e9, "threads": torch.get_num_threads(),
+        }  # fmt: skip
+        write_json(args.json, setup, figures(out, flops / n / rate, flops / n / 1e9,
+                                             num_layers, len(drops)))  # fmt: skip
 
 
 if __name__ == "__main__":

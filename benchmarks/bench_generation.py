@@ -21,6 +21,7 @@ part ways after a near-tie, since the two do their arithmetic in different order
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--ref-examples", type=int, default=2)
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="also write the setup and the printed figures to PATH")  # fmt: skip
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     (plain, _, prepared, _, _), dtype = load(args)
@@ -97,6 +100,23 @@ def main() -> None:
           f"{len(prompts)}")  # fmt: skip
     print(f"(a) and (b) produced identical tokens on {sum(same)} of {n_ref} examples; "
           f"load average after: {os.getloadavg()[0]:.2f}")  # fmt: skip
+    if args.json:
+        setup = {
+            "device": str(device), "dtype": dtype, "model": args.model,
+            "layers": model.config.num_hidden_layers, "examples": len(prompts),
+            "prompt_tokens": [min(lengths), max(lengths), statistics.mean(lengths)],
+            "new_tokens": args.new_tokens, "batch_size": args.batch_size,
+            "reference_examples": n_ref, "threads": torch.get_num_threads(),
+        }  # fmt: skip
+        figures = {
+            "reference_seconds_per_example": ref_s,
+            "ours_seconds_per_example": ours_s,
+            "speedup_vs_reference": ref_s / ours_s,
+            "identical_tokens": sum(same),
+            "compared_examples": n_ref,
+        }
+        with open(args.json, "w") as f:
+            json.dump({"setup": setup, "figures": figures}, f, indent=2)
 
 
 if __name__ == "__main__":

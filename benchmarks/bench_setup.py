@@ -43,6 +43,12 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
         num_key_value_heads=2, vocab_size=151936, rope_theta=1e6, rms_norm_eps=1e-6,
         max_position_embeddings=32768, tie_word_embeddings=True,
     )),
+    # Not a real model: for exercising the benchmarks' mechanics on a CPU in seconds.
+    "tiny": ("LlamaConfig", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=512, max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    )),
 }  # fmt: skip
 LABELS = ("A", "B", "C", "D")
 # A stand-in system turn for random prompts: real prompts share their chat header and system
@@ -51,11 +57,15 @@ RANDOM_SHARED_TOKENS = 27
 
 
 class RandomLetters:
-    """Stands in for a multiple-choice task on random prompts (4 labels, gold drawn at random)."""
+    """Stands in for a multiple-choice task on random prompts (4 labels, gold drawn at random);
+    in `loglik` its continuations are random tokens, named by the labels."""
 
     name = "random_letters"
 
     def labels(self, example: Example) -> tuple[str, ...]:
+        return LABELS
+
+    def continuations(self, example: Example) -> tuple[str, ...]:
         return LABELS
 
     def is_correct(self, prediction: Any, example: Example) -> bool:
@@ -98,10 +108,11 @@ def random_model(name: str, layers: int | None, dtype: torch.dtype, device: torc
 Split = tuple[Evaluator, Evaluator, PreparedSplit, PreparedSplit, Callable[[int], Sequence[int]]]
 
 
-def random_split(model: Any, args: Any) -> Split:
+def random_split(model: Any, args: Any, scoring: str = "letters") -> Split:
     """Random prompts of the requested lengths opening with the same 27 tokens (a system turn's
-    worth), scored by 4 fixed label tokens: (plain evaluator, shared-prefix evaluator, their
-    splits, the reference's re-encoding of example i)."""
+    worth), scored by 4 fixed label tokens (`letters`) or by the summed log-likelihood of 4
+    continuations of 1-3 random tokens (`loglik`): (plain evaluator, shared-prefix evaluator,
+    their splits, the reference's re-encoding of example i)."""
     rng = random.Random(0)
     low, high = args.prompt_len
     vocab = model.config.vocab_size
@@ -120,14 +131,23 @@ def random_split(model: Any, args: Any) -> Split:
         Example(id=f"r{i}", fields={}, choices=LABELS, answer_index=rng.randrange(4))
         for i in range(args.examples)
     )
-    label_ids = (((3,), (4,), (5,), (6,)),) * args.examples
+    label_ids = (((3,), (4,), (5,), (6,)),) * args.examples if scoring == "letters" else ()
+    continuation_ids = ()
+    if scoring == "loglik":
+        continuation_ids = tuple(
+            tuple(
+                tuple(rng.randrange(10, vocab) for _ in range(rng.randint(1, 3))) for _ in LABELS
+            )
+            for _ in range(args.examples)
+        )
     tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=1)
     task = RandomLetters()
-    plain = Evaluator(model, tokenizer, task, batch_size=args.batch_size, shared_prefix=False)
-    shared = Evaluator(model, tokenizer, task, batch_size=args.batch_size)
-    plain_split = PreparedSplit("letters", examples, prompts, label_ids)
+    options = {"scoring": scoring, "batch_size": args.batch_size}
+    plain = Evaluator(model, tokenizer, task, shared_prefix=False, **options)
+    shared = Evaluator(model, tokenizer, task, **options)
+    plain_split = PreparedSplit(scoring, examples, prompts, label_ids, continuation_ids)
     shared_split = PreparedSplit(
-        "letters", examples, prompts, label_ids,
+        scoring, examples, prompts, label_ids, continuation_ids,
         shared_len=RANDOM_SHARED_TOKENS if shared.shared_prefix else 0,
     )  # fmt: skip
     return plain, shared, plain_split, shared_split, lambda i: prompts[i]  # nothing to tokenize

@@ -11,7 +11,13 @@ import torch
 
 from tale_opt.errors import UsageError
 from tale_opt.model import gguf_cache
-from tale_opt.model.loading import ModelSpec, load_model, model_fingerprint, resolve_source
+from tale_opt.model.loading import (
+    ModelSpec,
+    load_model,
+    model_fingerprint,
+    placement,
+    resolve_source,
+)
 from tale_opt.model.surgery import num_decoder_layers
 
 # --- ModelSpec validation ---------------------------------------------------------------------
@@ -266,6 +272,14 @@ def test_cuda_request_without_gpu_is_a_usage_error(saved_tiny_model):
         pytest.skip("a GPU is visible")
     with pytest.raises(UsageError, match="needs a CUDA GPU"):
         load_model(ModelSpec(path=str(saved_tiny_model), device="cuda"))
+
+
+def test_max_memory_only_applies_to_auto_map_and_placement_names_the_device(saved_tiny_model):
+    with pytest.raises(UsageError, match="max_memory only applies to device='auto-map'"):
+        load_model(ModelSpec(path=str(saved_tiny_model), device="cpu"), max_memory={0: "1GiB"})
+    model, _ = load_model(ModelSpec(path=str(saved_tiny_model), device="cpu"))
+    # What a worker logs when it joins (benchmarks/gpu_check.py reads it back).
+    assert placement(model).split(";")[0] == "cpu"
 
 
 # --- the packaged real model ------------------------------------------------------------------

@@ -132,3 +132,93 @@ class EvalResult:
             low, high = wilson_interval(n_norm, self.n_examples)
             metrics["accuracy_norm_ci_low"], metrics["accuracy_norm_ci_high"] = low, high
         return metrics
+
+
+@dataclass(frozen=True)
+class ResultDiff:
+    """How two evaluations of the same examples differ, example by example (`compare_results`).
+
+    `max_abs_diff` is over every per-choice score (log-probability or summed log-likelihood);
+    `outside` names the examples with a score farther apart than the tolerance;
+    `different_predictions` those whose picks differ, and `unexplained` those among them
+    where the picks' scores are farther apart than twice the tolerance (within it, two
+    choices tie up to rounding and either pick is right).
+    """
+
+    n_examples: int
+    max_abs_diff: float
+    tolerance: tuple[float, float]  # (absolute, relative to the second result's score)
+    outside: tuple[str, ...]
+    different_predictions: tuple[str, ...]
+    unexplained: tuple[str, ...]
+    same_accuracy: bool
+
+    @property
+    def bit_identical(self) -> bool:
+        return self.max_abs_diff == 0.0 and not self.different_predictions
+
+    @property
+    def within_tolerance(self) -> bool:
+        return not self.outside and not self.unexplained
+
+    def record(self) -> dict[str, Any]:
+        """Plain JSON values (example ids cut to the first 10)."""
+        return {
+            "n_examples": self.n_examples,
+            "max_abs_diff": self.max_abs_diff,
+            "abs_tolerance": self.tolerance[0],
+            "rel_tolerance": self.tolerance[1],
+            "n_outside_tolerance": len(self.outside),
+            "n_different_predictions": len(self.different_predictions),
+            "n_unexplained_predictions": len(self.unexplained),
+            "predictions_agree": not self.different_predictions,
+            "same_accuracy": self.same_accuracy,
+            "bit_identical": self.bit_identical,
+            "within_tolerance": self.within_tolerance,
+            "examples_outside": list(self.outside[:10]),
+            "examples_unexplained": list(self.unexplained[:10]),
+        }
+
+
+def compare_results(
+    ours: EvalResult, theirs: EvalResult, *, abs_tol: float = 0.0, rel_tol: float = 0.0
+) -> ResultDiff:
+    """Compare two complete evaluations of the same examples (`theirs` is the reference).
+
+    A score of `ours` is within tolerance when ``|a - b| <= abs_tol + rel_tol * |b|``;
+    the default (0, 0) asks for bit-identical scores.
+
+    Raises:
+        ValueError: The results cover different examples (not the same split or order).
+    """
+    ids = [p.example_id for p in ours.predictions]
+    if ids != [p.example_id for p in theirs.predictions]:
+        raise ValueError("the two results do not cover the same examples in the same order")
+    max_diff, outside, different, unexplained = 0.0, [], [], []
+    for a, b in zip(ours.predictions, theirs.predictions, strict=True):
+        if len(a.scores) != len(b.scores):
+            raise ValueError(f"example {a.example_id!r}: different numbers of choices")
+        gaps = [abs(x - y) for x, y in zip(a.scores, b.scores, strict=True)]
+        max_diff = max([max_diff, *gaps])
+        if any(g > abs_tol + rel_tol * abs(y) for g, y in zip(gaps, b.scores, strict=True)):
+            outside.append(a.example_id)
+        if a.prediction != b.prediction:
+            different.append(a.example_id)
+            if not _near_tie(a, b, abs_tol, rel_tol):
+                unexplained.append(a.example_id)
+    return ResultDiff(
+        n_examples=len(ids), max_abs_diff=max_diff, tolerance=(abs_tol, rel_tol),
+        outside=tuple(outside), different_predictions=tuple(different),
+        unexplained=tuple(unexplained), same_accuracy=ours.accuracy == theirs.accuracy,
+    )  # fmt: skip
+
+
+def _near_tie(a: Prediction, b: Prediction, abs_tol: float, rel_tol: float) -> bool:
+    """Whether the two picks' scores in the reference `b` are within twice the tolerance (a
+    tie up to rounding). Without per-choice scores (generated text) nothing explains a
+    different prediction."""
+    picks = (a.prediction, b.prediction)
+    if not b.scores or not all(isinstance(p, int) and 0 <= p < len(b.scores) for p in picks):
+        return False
+    x, y = (b.scores[p] for p in picks)
+    return abs(x - y) <= 2 * (abs_tol + rel_tol * max(abs(x), abs(y)))

@@ -136,11 +136,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_model(spec: ModelSpec, *, quantization_config: Any = None) -> tuple[Any, Any]:
+def load_model(
+    spec: ModelSpec,
+    *,
+    quantization_config: Any = None,
+    max_memory: dict[int | str, int | str] | None = None,
+) -> tuple[Any, Any]:
     """Load the model (eval mode, on its device) and a left-padding tokenizer with a pad token.
 
     `quantization_config` (e.g. transformers' `BitsAndBytesConfig`, for QLoRA fine-tuning) is
     passed to `from_pretrained`; the quantized weights are placed on the device while loading.
+    `max_memory` (``device="auto-map"`` only) caps what accelerate puts on each device, e.g.
+    ``{0: "2GiB", 1: "2GiB"}`` splits a small model over two GPUs (benchmarks/gpu_check.py).
 
     Raises:
         UsageError: Missing path, model not available offline, unsupported architecture, no
@@ -156,6 +163,10 @@ def load_model(spec: ModelSpec, *, quantization_config: Any = None) -> tuple[Any
         kwargs["attn_implementation"] = spec.attn_implementation
     if device == "auto-map":
         kwargs["device_map"] = "auto"
+        if max_memory is not None:
+            kwargs["max_memory"] = max_memory
+    elif max_memory is not None:
+        raise UsageError(f"max_memory only applies to device='auto-map', not {device!r}")
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs.setdefault("device_map", {"": device})  # quantized weights cannot be moved later
@@ -173,6 +184,23 @@ def load_model(spec: ModelSpec, *, quantization_config: Any = None) -> tuple[Any
         # Otherwise every batched generate() warns and picks eos itself.
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def placement(model: Any) -> str:
+    """Where the model's weights are, for logs: each device with, for a GPU, its name and UUID
+    (a UUID names the physical GPU whatever CUDA_VISIBLE_DEVICES renumbers), e.g.
+    ``cuda:0 (NVIDIA H100 80GB HBM3, GPU-5c3e...)``; a split model lists every device."""
+    devices = sorted({str(p.device) for p in model.parameters()}) or ["cpu"]
+    described = []
+    for name in devices:
+        device = torch.device(name)
+        if device.type == "cuda":
+            props = torch.cuda.get_device_properties(device)
+            name += f" ({props.name}, GPU-{props.uuid})"
+        described.append(name)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = ", ".join(described)
+    return where + (f"; CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "")
 
 
 def _hub_call(spec: ModelSpec, kind: str, auto_class: str, location: str, **kwargs: Any) -> Any:

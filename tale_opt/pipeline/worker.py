@@ -60,7 +60,13 @@ def run(
         device=device,
         model_path=model_path,
     )
-    log.info("worker %s joined study %s (%s)", worker_id(), study, config.describe())
+    from tale_opt.model.loading import placement
+
+    # The placement names the GPU (by UUID), so a log shows which worker ran where.
+    log.info(
+        "worker %s joined study %s (%s); model on %s",
+        worker_id(), study, config.describe(), placement(evaluate.model),
+    )  # fmt: skip
 
     def keep_going() -> bool:
         return parent_pid is None or os.getppid() == parent_pid
