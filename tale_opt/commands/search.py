@@ -23,6 +23,13 @@ from tale_opt.commands.config import (
     compose,
     source_from,
 )
+from tale_opt.commands.tasks import (
+    LABEL_RESOLVER,
+    check_tasks_overrides,
+    expand_tasks,
+    task_label,
+    tasks_compositions,
+)
 from tale_opt.errors import SearchFailed, UsageError
 
 _job_started = False  # set by the task function: errors before it are Hydra's own
@@ -56,6 +63,8 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, fresh_dir)
+    if not OmegaConf.has_resolver(LABEL_RESOLVER):
+        OmegaConf.register_new_resolver(LABEL_RESOLVER, task_label)
 
 
 def precheck(argv: Sequence[str]) -> None:
@@ -71,9 +80,12 @@ def precheck(argv: Sequence[str]) -> None:
         return
     source = source_from(args.overrides, args.config_dir, args.config_name)
     check_group_choices(args.overrides, source)
+    check_tasks_overrides(args.overrides, source)
     shows = args.cfg or args.help or args.hydra_help or args.info or args.shell_completion
     if not args.multirun and not shows:
         compose(args.overrides, source)
+        for overrides in tasks_compositions(args.overrides):  # each task of a multi-task search
+            compose(overrides, source)
 
 
 def _hydra_errors(err: Exception) -> UsageError:
@@ -116,6 +128,11 @@ def _search(cfg: Any) -> None:  # the Hydra task function
     mask_hydra_files(hydra_cfg)
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
+        # A multi-task search: each task's config as `task=NAME` composes it in this job.
+        container = expand_tasks(
+            container, hydra_cfg.overrides.task, hydra_cfg.overrides.hydra,
+            hydra_cfg.job.config_name,
+        )  # fmt: skip
         from tale_opt.coordination.console import quiet_optuna
         from tale_opt.pipeline import run
 

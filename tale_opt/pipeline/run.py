@@ -19,7 +19,10 @@ from typing import Any
 from tale_opt.coordination.coordinator import run_coordinator
 from tale_opt.coordination.local_workers import LocalWorkers
 from tale_opt.pipeline import worker
-from tale_opt.pipeline.candidates import CandidateEvaluator, build_evaluator, early_stop_option
+from tale_opt.pipeline.candidates import early_stop_option
+from tale_opt.pipeline.heldout import heldout_step
+from tale_opt.pipeline.multitask import evaluator_for
+from tale_opt.pipeline.multitask_heldout import log_suite_baseline
 from tale_opt.pipeline.outputs import RunWriter, write_text_atomic
 from tale_opt.pipeline.plan import SearchPlan, open_search_study, plan_search
 from tale_opt.pipeline.significance import (
@@ -29,13 +32,7 @@ from tale_opt.pipeline.significance import (
     round_tests,
     task_fewshot,
 )
-from tale_opt.pipeline.summary import (
-    accepted_costs,
-    build_summary,
-    evaluate_heldout,
-    pick_configurations,
-)
-from tale_opt.pipeline.summary_table import format_summary_table
+from tale_opt.pipeline.summary import pick_configurations
 from tale_opt.pipeline.tracking import SearchTracking
 from tale_opt.reporting.plots import write_search_plots
 from tale_opt.stats import accuracy_interval, format_accuracy
@@ -55,11 +52,12 @@ def run(
     plan = plan_search(cfg)
     evaluate = None
     if plan.workers == 0:  # load the model before anything is recorded: it may not load
-        evaluate = CandidateEvaluator(
-            plan.config, task=plan.task, splits=plan.splits, progress=True
-        )
+        loaded = {"task": plan.task, "splits": plan.splits}
+        if plan.suite is not None:  # a multi-task search
+            loaded = {"suite": plan.suite}
+        evaluate = evaluator_for(plan.config, progress=True, **loaded)
     open_search_study(plan)
-    tracking = SearchTracking.start(cfg, launch_dir=launch_dir, run_name=plan.study_name)
+    tracking = SearchTracking.start(plan.cfg, launch_dir=launch_dir, run_name=plan.study_name)
     try:
         summary = _run(plan, evaluate, tracking, Path(out_dir), started)
     except KeyboardInterrupt:
@@ -74,28 +72,24 @@ def run(
 def _run(
     plan: SearchPlan, evaluate: Any, tracking: SearchTracking, out_dir: Path, started: float
 ) -> dict:
-    heldout_split = None
-    if evaluate is not None:
-        # Tokenized and checked (options, context length) now, not after a long search.
-        heldout_split = evaluate.evaluator.prepare(plan.splits.evaluation, split="held-out")
-    with RunWriter(out_dir) as writer:
+    # The held-out split(s): tokenized and checked (options, context length) now, not after a
+    # long search, where this process holds the model.
+    step = heldout_step(plan, evaluate)
+    with RunWriter(out_dir, extra_fields=step.candidate_fields) as writer:
         loaded = time.perf_counter()
         result = _search(plan, evaluate, writer, tracking)
         searched = time.perf_counter()
         if evaluate is not None:
             evaluate.release_caches()  # before latency and held-out need the memory
-        evaluator = evaluate.evaluator if evaluate is not None else _load_evaluator(plan)
-        prepared = heldout_split
-        if prepared is None:  # workers=N: the model was loaded only now
-            prepared = evaluator.prepare(plan.splits.evaluation, split="held-out")
-        costs = accepted_costs(evaluator, result.trajectory, plan.latency, prepared)
+        step.load()  # workers=N: the model is loaded only now
+        costs = step.costs(result.trajectory, plan.latency)
         tracking.log_costs(result.trajectory, costs)
         picks = pick_configurations(result, plan.num_layers, plan.lam, costs)
         measured = time.perf_counter()
-        heldout = evaluate_heldout(evaluator, prepared, picks, writer)
+        heldout = step.evaluate(picks, writer)
         finished = time.perf_counter()
 
-        summary = build_summary(plan, result, picks, heldout, costs)
+        summary = step.summary(result, picks, heldout, costs)
         summary["study"] = {
             "name": plan.study.study_name,
             "storage": plan.storage.describe(),
@@ -115,7 +109,7 @@ def _run(
             "per_candidate_s": round((searched - loaded) / max(1, len(result.observations)), 3),
         }
         writer.write_summary(summary)
-    table = format_summary_table(summary)
+    table = step.table(summary)
     write_text_atomic(out_dir / "summary.md", table + "\n")
     write_search_plots(out_dir)
     tracking.finish(summary, out_dir)
@@ -142,7 +136,7 @@ def _search(
         )
         local.start()
     searcher = plan.searcher
-    chance = chance_level(plan.task, plan.splits.optimization)
+    chance = chance_level(plan.task, plan.splits.optimization) if plan.suite is None else None
     reported = 1  # accepted configurations whose test is logged (the baseline needs none)
 
     def report_accepted(trajectory: Sequence[Observation]) -> None:
@@ -167,13 +161,21 @@ def _search(
         tracking.log_configuration(obs)
         if not obs.drop and obs.candidate.probe == TASK_ACCURACY and obs.complete:
             writer.write_predictions("optimization_baseline", obs.extras.get("predictions", []))
-            _log_baseline(obs.metrics, chance, plan.cfg["eval"].get("scoring"), plan.task)
+            if plan.suite is None:
+                _log_baseline(obs.metrics, chance, plan.cfg["eval"].get("scoring"), plan.task)
+            else:
+                log_suite_baseline(plan.suite, obs)
         # After every candidate, for greedy and one-shot searchers alike.
         accepted = searcher.accepted
         writer.write_accepted(accepted, searcher.threshold)
         if accepted and accepted[0].candidate.probe == TASK_ACCURACY:
             report_accepted(accepted)
 
+    if plan.suite is not None and early_stop_option(plan.cfg):
+        log.info(
+            "multi-task search: every candidate is scored in full (exact early "
+            "termination bounds one task's count, not an aggregate of accuracies)"
+        )
     try:
         result = run_coordinator(
             plan.study,
@@ -184,7 +186,8 @@ def _search(
             lost_after=2 * plan.storage.grace_period,
             max_retry=plan.storage.max_retry,
             check_workers=local.check if local is not None else lambda: None,
-            early_stop=early_stop_option(plan.cfg),
+            # Multi-task scores are aggregates, not counts: no exact bound (see multitask.py).
+            early_stop=early_stop_option(plan.cfg) and plan.suite is None,
         )
     except BaseException:
         if local is not None:
@@ -209,11 +212,3 @@ def _log_baseline(
     fewshot = task_fewshot(task)
     for warning in noise_warnings([("optimization", metrics, chance)], scoring, fewshot):
         log.warning("%s", warning)
-
-
-def _load_evaluator(plan: SearchPlan) -> Any:
-    """The workers have left: load the model here, once, for latency and the held-out split."""
-    from tale_opt.model.loading import load_model
-
-    model, tokenizer = load_model(plan.spec)
-    return build_evaluator(plan.config, model, tokenizer, plan.task)
