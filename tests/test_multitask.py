@@ -71,8 +71,9 @@ def candidates(num_layers: int = 4) -> list[Candidate]:
 @pytest.mark.parametrize("how", ["mean", "min"])
 def test_multitask_score_is_the_aggregate_of_single_task_scores(model_dir, tmp_path, how):
     multi = plan_search(
-        search_config(model_dir, tmp_path, f"tasks=[{','.join(TASKS)}]",
-                      f"multitask.aggregate={how}")  # fmt: skip
+        search_config(
+            model_dir, tmp_path, f"tasks=[{','.join(TASKS)}]", f"multitask.aggregate={how}"
+        )  # fmt: skip
     )
     # The study's config as a worker reads it back (JSON), fingerprint-checked like a worker.
     stored = json.loads(json.dumps(multi.config))
