@@ -203,6 +203,8 @@ def test_analyze_needs_the_analysis_name(capsys):
         main(["model=smollm2"])
     assert exit_info.value.code == 2
     assert "analyze needs the analysis to run, e.g. `analyze mi ...`" in capsys.readouterr().err
+    main(["mi", "--help"])
+    assert "python -m tale_opt analyze mi run=" in capsys.readouterr().out
 
 
 @pytest.mark.slow

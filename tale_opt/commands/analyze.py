@@ -39,6 +39,9 @@ PICKS = ("best", "bsba", "ae_hm", "final")
 def main(argv: Sequence[str]) -> None:
     argv = list(argv)
     debug = is_debug(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return
     try:
         if not argv or argv[0] not in ANALYSES:
             name = argv[0] if argv else ""

@@ -65,11 +65,6 @@ class SearchPlan:
     # A multi-task search: its tasks (`multitask.SuiteTask`); `task` and `splits` are None.
     suite: list[Any] | None = None
 
-    @property
-    def label(self) -> str:
-        """The task, or the tasks of a multi-task search (``arc_easy_cloze+boolq``)."""
-        return str(self.config["task"]["name"]) if self.suite else self.task.name
-
 
 @dataclass
 class CheckedConfig:
