@@ -88,13 +88,31 @@ def test_representations_are_estimated_together_as_alone(one_thread_estimators):
     assert mine[0] > 1.0 and abs(mine[1]) < 0.05
 
 
-def test_held_out_pairs_keep_a_questions_options_together():
-    questions = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
-    held = held_out_mask(questions, 0.5, seed=0)
-    for q in range(4):
-        assert len(set(held[questions == q].tolist())) == 1
-    assert held_out_mask(questions, 0.5, seed=0).equal(held)
-    assert 0 < int(held.sum()) < len(questions)
+def test_the_option_that_is_right_read_from_every_options_representation(one_thread_estimators):
+    """``per_option``: X holds one representation per option, Y is the index of the right one;
+    here Y is the option whose first feature is largest, a function of X (I = H(Y))."""
+    x = torch.randn(1000, 4, 6)
+    y = x[..., 0].argmax(1)
+    x_train, x_test, y_train, y_test = x[:N_TRAIN], x[N_TRAIN:], y[:N_TRAIN], y[N_TRAIN:]
+    entropy = entropy_bits(y_test)
+    options = {"n_classes": 4, "per_option": True}
+    [probe] = probe_bits(x_train, y_train, x_test, y_test, l2_grid=(0.001, 0.01), **options)
+    [mine] = mine_bits(x_train, y_train, x_test, y_test, FAST, seed=0, **options)
+    assert entropy > 1.9
+    assert entropy - 0.15 <= probe.bound <= entropy + 0.05
+    assert entropy - 0.25 <= mine <= entropy + 0.05  # measured 1.90 of 2.00
+    shuffled = y[torch.randperm(1000)]  # the same X, an unrelated Y
+    [probe] = probe_bits(x_train, shuffled[:N_TRAIN], x_test, shuffled[N_TRAIN:], **options)
+    [mine] = mine_bits(x_train, shuffled[:N_TRAIN], x_test, shuffled[N_TRAIN:], FAST, **options)
+    assert abs(probe.bound) < 0.05 and abs(mine) < 0.05
+
+
+def test_held_out_questions_are_a_seeded_share():
+    held = held_out_mask(10, 0.3, seed=0)
+    assert int(held.sum()) == 3
+    assert held_out_mask(10, 0.3, seed=0).equal(held)
+    assert not held_out_mask(10, 0.3, seed=1).equal(held)
+    assert int(held_out_mask(2, 0.9, seed=0).sum()) == 1  # one question on each side
 
 
 @pytest.fixture(scope="module")
@@ -114,23 +132,26 @@ def arc_prepared(smollm2):
     return evaluator.prepare(splits.evaluation)
 
 
-def test_choice_pairs_are_one_per_option_with_the_gold_one_marked(arc_prepared):
+def test_choice_samples_are_each_questions_options_with_the_gold_index(arc_prepared):
     pairs = build_pairs(arc_prepared, "choice")
     assert resolve_target("auto", "loglik") == "choice"
     assert resolve_target("auto", "letters") == "label"
-    n_options = [len(c) for c in arc_prepared.continuation_ids]
-    assert len(pairs.sequences) == sum(n_options) == len(pairs.labels)
-    start = 0
-    for i, example in enumerate(arc_prepared.examples):
-        labels = pairs.labels[start : start + n_options[i]].tolist()
-        assert labels == [int(j == example.answer_index) for j in range(n_options[i])]
+    assert pairs.options == 4 and pairs.n_classes == 4
+    kept = [i for i, c in enumerate(arc_prepared.continuation_ids) if len(c) == 4]
+    assert pairs.n_questions == len(kept) and pairs.left_out == len(arc_prepared) - len(kept)
+    assert pairs.labels.tolist() == [arc_prepared.examples[i].answer_index for i in kept]
+    assert len(pairs.sequences) == 4 * len(kept)
+    for q, i in enumerate(kept):
         prompt = arc_prepared.row_prompt_ids[i]
         for j, continuation in enumerate(arc_prepared.continuation_ids[i]):
-            assert pairs.sequences[start + j] == (*prompt, *continuation)
-        start += n_options[i]
+            assert pairs.sequences[4 * q + j] == (*prompt, *continuation)
+    # States of the sequences, arranged per question and option.
+    states = torch.arange(len(pairs.sequences) * 2, dtype=torch.float32).view(-1, 2)
+    arranged = pairs.arrange(states)
+    assert arranged.shape == (len(kept), 4, 2) and arranged[1, 2].equal(states[6])
     label = build_pairs(arc_prepared, "label")
     assert label.labels.tolist() == [e.answer_index for e in arc_prepared.examples]
-    assert label.n_classes >= 2
+    assert label.n_classes >= 2 and label.options == 1
 
 
 @pytest.mark.parametrize("drop", [DropSet(), DropSet.of([1, 3])])
@@ -165,7 +186,8 @@ def test_analyze_mi_writes_the_table_figure_and_record(tiny_model_dir, tmp_path,
     path, table = analyze(plan)
     record = json.loads(path.read_text())
     assert {p.name for p in path.parent.iterdir()} == {"mi.json", "mi.md", "mi.png"}
-    assert record["target"] == "choice" and record["n_questions"] == 16
+    assert record["target"] == "choice" and record["n_questions"] + record["left_out"] == 16
+    assert record["options"] == 4 and record["label_entropy_bits"] > 1.0
     full, pick = record["configurations"]
     assert [row["layer"] for row in full["layers"]] == [0, 1, 2, 3]
     assert pick["drop_layers"] == [1] and [row["layer"] for row in pick["layers"]] == [0, 2, 3]
@@ -174,6 +196,7 @@ def test_analyze_mi_writes_the_table_figure_and_record(tiny_model_dir, tmp_path,
             assert len(row[key]["seeds"]) == 2 and row[key]["sd"] >= 0
             assert row[key]["mean"] <= record["label_entropy_bits"] + 0.05
     assert "| 1 |" in table and "dropped" in table and "H(Y) =" in table
+    assert "compared within the question" in table
     assert (path.parent / "mi.png").stat().st_size > 10_000
     # out= holding an analysis is refused.
     with pytest.raises(UsageError, match="already holds an analysis"):

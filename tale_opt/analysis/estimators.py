@@ -90,8 +90,8 @@ class Features:
         self.components = vh[:k].T  # [D, k]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., D] -> [..., dim]``."""
         z = (x.double() - self.mean) / self.scale @ self.components
-        # Unit variance per component, so one learning rate and one L2 strength fit all.
         return z.float()
 
 
@@ -112,8 +112,12 @@ class _Statistics(nn.Module):
     continuous one the pair goes in concatenated and one value comes out. Adam is elementwise
     and the loss a sum over the networks, so training them together is training each alone."""
 
-    def __init__(self, n_nets: int, in_dim: int, out_dim: int, hidden: int) -> None:
+    def __init__(
+        self, n_nets: int, in_dim: int, out_dim: int, hidden: int, classes: int = 0
+    ) -> None:
         super().__init__()
+        # Per-option scoring (`_Bound`): a learnt offset per option position.
+        self.class_bias = nn.Parameter(torch.zeros(n_nets, 1, classes))
         sizes = [in_dim, hidden, hidden, out_dim]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -142,10 +146,26 @@ def _log_mean_exp(values: torch.Tensor) -> torch.Tensor:
 
 
 class _Bound:
-    """The Donsker-Varadhan terms of B networks for one kind of label."""
+    """The Donsker-Varadhan terms of B networks for one kind of label.
 
-    def __init__(self, net: _Statistics, n_classes: int | None) -> None:
-        self.net, self.n_classes = net, n_classes
+    A discrete label's scores T(x, y) for every class y come from one output per class, or,
+    with `per_option` (x holds one representation per option, ``[B, n, K, d]``, and y is the
+    option that is right), from one shared function g of each option's representation,
+    compared within the question: T(x, y) = g(x_y) - log sum_j exp g(x_j) + b_y. A function
+    of x_y alone could not express which option is right (that depends on the others); this
+    form holds the bound's optimum, log p(y|x) - log p(y), when g and b are right.
+    """
+
+    def __init__(self, net: _Statistics, n_classes: int | None, per_option: bool = False) -> None:
+        self.net, self.n_classes, self.per_option = net, n_classes, per_option
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """T(x, y) for every class y, ``[B, n, K]``."""
+        if not self.per_option:
+            return self.net(x)
+        b, n, k, d = x.shape
+        raw = self.net(x.reshape(b, n * k, d)).view(b, n, k)
+        return raw.log_softmax(-1) + self.net.class_bias
 
     def _pairs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([x, y.expand(x.shape[0], -1, -1)], -1)).squeeze(-1)
@@ -154,7 +174,7 @@ class _Bound:
         """T at the observed pairs, ``[B, n]``."""
         if self.n_classes is not None:
             index = y.expand(x.shape[0], -1)[..., None]
-            return self.net(x).gather(-1, index).squeeze(-1)
+            return self.scores(x).gather(-1, index).squeeze(-1)
         return self._pairs(x, y)
 
     def log_marginal(
@@ -164,7 +184,7 @@ class _Bound:
         discrete label (weights `prior`); x paired with shuffled y (`shuffle`) or with every y."""
         if self.n_classes is not None:
             assert prior is not None
-            per_x = torch.logsumexp(self.net(x) + prior.clamp_min(1e-12).log(), -1)
+            per_x = torch.logsumexp(self.scores(x) + prior.clamp_min(1e-12).log(), -1)
             return _log_mean_exp(per_x)
         if shuffle:
             return _log_mean_exp(self._pairs(x, y[torch.randperm(y.shape[0])]))
@@ -184,21 +204,24 @@ def mine_bits(
     *,
     seed: int = 0,
     n_classes: int | None = None,
+    per_option: bool = False,
 ) -> list[float]:
     """MINE's Donsker-Varadhan estimate on the test pairs, in bits, of a statistics network
     trained on the training pairs; for B representations of the same pairs at once.
 
     Args:
-        x_train, x_test: Features, ``[B, n, d]`` (``[n, d]``: one representation).
+        x_train, x_test: Features, ``[B, n, d]`` (``[n, d]``: one representation); with
+            `per_option`, one per option: ``[B, n, K, d]`` (``[n, K, d]``).
         y_train, y_test: Integer labels ``[n]`` (with `n_classes`) or continuous ``[n, k]``.
         settings: Network and training.
         seed: Initialization, minibatches and shuffles.
         n_classes: The number of classes of a discrete label; None for a continuous one.
+        per_option: y is the index of an option and T(x, y) = g(x_y) (see `_Bound`).
 
     Returns:
         One estimate per representation.
     """
-    if x_train.dim() == 2:
+    if x_train.dim() == (3 if per_option else 2):
         x_train, x_test = x_train[None], x_test[None]
     discrete = n_classes is not None
     if discrete:
@@ -213,8 +236,10 @@ def mine_bits(
         x_check, y_check = x_train[:, held], y_train[held]
         x_train, y_train = x_train[:, fit], y_train[fit]
         in_dim = x_train.shape[-1] + (0 if discrete else y_train.shape[-1])
-        net = _Statistics(x_train.shape[0], in_dim, n_classes if discrete else 1, settings.hidden)
-        bound = _Bound(net, n_classes)
+        outputs = n_classes if discrete and not per_option else 1
+        classes = n_classes if per_option and n_classes is not None else 0
+        net = _Statistics(x_train.shape[0], in_dim, outputs, settings.hidden, classes)
+        bound = _Bound(net, n_classes, per_option)
         prior = _frequencies(y_train, n_classes) if discrete else None
         optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr,
                                      weight_decay=settings.weight_decay)  # fmt: skip
@@ -293,18 +318,29 @@ class ProbeResult:
     l2: float  # the L2 strength cross-validation chose
 
 
+def _logits(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``[P, n, K]``: a linear score per class, or (``x`` of ``[P, n, K, d]``, one weight
+    vector ``w`` of ``[P, d, 1]``) per option, the conditional logit."""
+    if x.dim() == 3:
+        return torch.baddbmm(b, x, w)
+    p, n, k, d = x.shape
+    return torch.bmm(x.reshape(p, n * k, d), w).view(p, n, k) + b
+
+
 def _fit_probes(
     x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, l2: torch.Tensor, n_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """P multinomial logistic regressions at once: problem p fits the rows with weight 1 in
-    ``weights[p]`` of its features ``x[p]`` (``[P, n, d]``), with L2 strength ``l2[p]``.
+    ``weights[p]`` of its features ``x[p]`` (``[P, n, d]``, or ``[P, n, K, d]``: one
+    representation per option, scored by one weight vector), with L2 strength ``l2[p]``.
 
     The problems share no parameter, so minimizing the sum of their losses with one L-BFGS
     minimizes each (one optimizer call instead of P: the Python overhead was the cost).
     """
-    n_problems, _, dim = x.shape
+    n_problems, dim = x.shape[0], x.shape[-1]
     x = x.double()
-    w = torch.zeros(n_problems, dim, n_classes, dtype=torch.float64, requires_grad=True)
+    outputs = 1 if x.dim() == 4 else n_classes
+    w = torch.zeros(n_problems, dim, outputs, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(n_problems, 1, n_classes, dtype=torch.float64, requires_grad=True)
     counts = weights.sum(1)
     optimizer = torch.optim.LBFGS(
@@ -314,7 +350,7 @@ def _fit_probes(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        logits = torch.baddbmm(b, x, w)  # [P, n, K]
+        logits = _logits(w, b, x)  # [P, n, K]
         nll = -logits.log_softmax(-1).gather(-1, y.expand(n_problems, -1)[..., None]).squeeze(-1)
         loss = ((nll * weights).sum(1) + l2 * w.pow(2).sum((1, 2))) / counts
         total = loss.sum()
@@ -329,7 +365,7 @@ def _cross_entropy(
     w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
     """Mean cross-entropy (nats) of each problem over the rows weighted 1 in its `weights`."""
-    logits = torch.baddbmm(b, x.double(), w)
+    logits = _logits(w, b, x.double())
     nll = -logits.log_softmax(-1).gather(-1, y.expand(w.shape[0], -1)[..., None]).squeeze(-1)
     return (nll * weights).sum(1) / weights.sum(1)
 
@@ -343,11 +379,16 @@ def probe_bits(
     n_classes: int,
     l2_grid: Sequence[float] = (0.1, 1.0, 10.0, 100.0),
     folds: int = 5,
+    per_option: bool = False,
 ) -> list[ProbeResult]:
     """The linear-probe bound ``H(Y) - CE`` on the test pairs, in bits, for B representations
     of the same pairs (``[B, n, d]``; ``[n, d]``: one). Each one's L2 strength is the grid
-    value with the lowest cross-validated cross-entropy on its training pairs."""
-    if x_train.dim() == 2:
+    value with the lowest cross-validated cross-entropy on its training pairs.
+
+    With `per_option` the representations are per option (``[B, n, K, d]``) and y is the
+    option that is right: the probe is a conditional logit, softmax over the options of
+    ``w . x_j + b_j`` (one weight vector for every option, a bias per position)."""
+    if x_train.dim() == (3 if per_option else 2):
         x_train, x_test = x_train[None], x_test[None]
     y_train, y_test = y_train.long(), y_test.long()
     n_reps, n = x_train.shape[0], len(y_train)

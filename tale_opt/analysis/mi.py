@@ -4,23 +4,27 @@ What is measured (``mi.target``):
 
 * ``label``: X = the layer's output at the last prompt token, Y = the index of the gold option
   (for prompts that show the options, scored with ``letters`` or ``generate``);
-* ``choice``: one pair per (question, option): X = the layer's output at the last token of the
-  prompt followed by that option's text, Y = whether it is the gold option. This is what
-  ``loglik`` scoring reads: a cloze prompt (``arc_easy_cloze``) never shows the options, so its
-  last prompt token cannot hold the gold option's position, and only after reading an option can
-  a layer know whether it is the right one;
+* ``choice``: X = the layer's outputs at the last token of the prompt followed by each
+  option's text (all options of the question together), Y = the index of the gold option. This
+  is what ``loglik`` scoring reads: a cloze prompt (``arc_easy_cloze``) never shows the options,
+  so its last prompt token cannot hold which one is right; only after reading an option can a
+  layer tell, and only by comparison with the others. The estimators score each option's
+  representation with one shared function and compare the scores within the question
+  (`estimators`, ``per_option``). Questions with another number of options than the most
+  common one are left out (their Y has other values).
 * ``auto`` (default): ``choice`` for ``loglik`` scoring, ``label`` otherwise.
 
-The pairs are split into training and held-out pairs by question (a question's options stay
-together), per seed; each estimator (`estimators`) is fitted on the training pairs of one layer
-and evaluated on the held-out ones. Repeating it with ``mi.seeds`` seeds (each its own split and
-initialization) gives the spread reported beside each mean.
+Per seed the questions are split into training and held-out ones; each estimator is fitted on
+the training questions of one layer and evaluated on the held-out ones. Repeating it with
+``mi.seeds`` seeds (each its own split and initialization) gives the spread reported beside
+each mean.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -99,20 +103,33 @@ class MiSettings:
 
 @dataclass(frozen=True)
 class Pairs:
-    """What the estimators read besides the states: per pair its token ids (after the shared
-    `prefix`), label, and question (the unit the training / held-out split keeps together)."""
+    """What the estimators read besides the states: the token ids to run (after the shared
+    `prefix`; with ``choice``, each question's options one after another), and per question its
+    label, the gold option's index."""
 
     target: str
     prefix: tuple[int, ...]
     sequences: tuple[tuple[int, ...], ...]
-    labels: torch.Tensor
-    questions: torch.Tensor
+    labels: torch.Tensor  # [questions]
     n_classes: int
+    options: int = 1  # sequences per question (``choice``: the options)
+    left_out: int = 0  # questions without the common number of options (``choice``)
+
+    @property
+    def n_questions(self) -> int:
+        return len(self.labels)
 
     @property
     def entropy(self) -> float:
-        """H(Y) of all pairs, in bits: no layer can hold more about Y."""
+        """H(Y) of the questions, in bits: no layer can hold more about Y."""
         return entropy_bits(self.labels)
+
+    def arrange(self, states: torch.Tensor) -> torch.Tensor:
+        """A layer's states of `sequences` (``[sequences, hidden]``) per question:
+        ``[questions, hidden]``, or ``[questions, options, hidden]`` for ``choice``."""
+        if self.options == 1:
+            return states
+        return states.view(self.n_questions, self.options, states.shape[-1])
 
 
 def resolve_target(target: str, scoring: str) -> str:
@@ -122,45 +139,46 @@ def resolve_target(target: str, scoring: str) -> str:
 
 
 def build_pairs(prepared: Any, target: str) -> Pairs:
-    """The pairs of a prepared split (`Evaluator.prepare`: prompts rendered and tokenized as
+    """The samples of a prepared split (`Evaluator.prepare`: prompts rendered and tokenized as
     evaluation does, continuations tokenized for ``loglik``).
 
     Raises:
         UsageError: An example without a gold option (a generative task), or ``choice``
             without continuations (prepare with ``loglik`` scoring).
     """
-    rows, labels, questions = [], [], []
-    for i, (example, prompt) in enumerate(
-        zip(prepared.examples, prepared.row_prompt_ids, strict=True)
-    ):
+    for example in prepared.examples:
         if example.answer_index is None:
             raise UsageError(
                 f"example {example.id!r} has no gold option; the mutual information with the "
                 "answer needs a multiple-choice task"
             )
-        if target == "label":
-            rows.append(tuple(prompt))
-            labels.append(example.answer_index)
-            questions.append(i)
+    labels = [example.answer_index for example in prepared.examples]
+    prefix = tuple(prepared.shared_prefix)
+    if target == "label":
+        n_classes = max(max(labels) + 1, 2)
+        return Pairs(target, prefix, tuple(tuple(p) for p in prepared.row_prompt_ids),
+                     torch.tensor(labels), n_classes)  # fmt: skip
+    if not prepared.continuation_ids:
+        raise UsageError("mi.target=choice reads each option's text: use eval.scoring=loglik")
+    counts = Counter(len(c) for c in prepared.continuation_ids)
+    options = counts.most_common(1)[0][0]
+    rows, kept = [], []
+    for i, prompt in enumerate(prepared.row_prompt_ids):
+        if len(prepared.continuation_ids[i]) != options:
             continue
-        if not prepared.continuation_ids:
-            raise UsageError("mi.target=choice reads each option's text: use eval.scoring=loglik")
-        for j, continuation in enumerate(prepared.continuation_ids[i]):
-            rows.append((*prompt, *continuation))
-            labels.append(int(j == example.answer_index))
-            questions.append(i)
-    labels_t = torch.tensor(labels)
-    n_classes = int(labels_t.max()) + 1 if target == "label" else 2
-    return Pairs(target, tuple(prepared.shared_prefix), tuple(rows), labels_t,
-                 torch.tensor(questions), max(n_classes, 2))  # fmt: skip
+        rows += [(*prompt, *continuation) for continuation in prepared.continuation_ids[i]]
+        kept.append(labels[i])
+    return Pairs(target, prefix, tuple(rows), torch.tensor(kept), options, options,
+                 len(labels) - len(kept))  # fmt: skip
 
 
-def held_out_mask(questions: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """Which pairs are held out: those of a seeded `fraction` of the questions."""
-    ids = torch.unique(questions)
-    order = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))]
-    n_test = max(1, min(len(ids) - 1, round(fraction * len(ids))))
-    return torch.isin(questions, order[:n_test])
+def held_out_mask(n_questions: int, fraction: float, seed: int) -> torch.Tensor:
+    """Which questions are held out: a seeded `fraction` of them (at least one on each side)."""
+    order = torch.randperm(n_questions, generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, min(n_questions - 1, round(fraction * n_questions)))
+    mask = torch.zeros(n_questions, dtype=torch.bool)
+    mask[order[:n_test]] = True
+    return mask
 
 
 def layer_estimates(
@@ -174,19 +192,23 @@ def layer_estimates(
     probe: list[list[float]] = [[] for _ in range(n_layers)]
     chosen: list[list[float]] = [[] for _ in range(n_layers)]
     y = pairs.labels
+    per_option = pairs.options > 1
     for seed in range(settings.seeds):
-        test = held_out_mask(pairs.questions, settings.test_fraction, seed)
+        test = held_out_mask(pairs.n_questions, settings.test_fraction, seed)
         train_x, test_x = [], []
         for layer in range(n_layers):
-            features = Features(states[layer][~test], settings.features)
-            train_x.append(features(states[layer][~test]))
-            test_x.append(features(states[layer][test]))
+            x = pairs.arrange(states[layer])
+            # Fitted on the training questions' states (every option's, for `choice`).
+            features = Features(x[~test].reshape(-1, x.shape[-1]), settings.features)
+            train_x.append(features(x[~test]))
+            test_x.append(features(x[test]))
         train, held = torch.stack(train_x), torch.stack(test_x)
+        options = {"n_classes": pairs.n_classes, "per_option": per_option}
         with _one_thread():
             values = mine_bits(train, y[~test], held, y[test], settings.mine, seed=seed,
-                               n_classes=pairs.n_classes)  # fmt: skip
-            found = probe_bits(train, y[~test], held, y[test], n_classes=pairs.n_classes,
-                               l2_grid=settings.l2_grid)  # fmt: skip
+                               **options)  # fmt: skip
+            found = probe_bits(train, y[~test], held, y[test], l2_grid=settings.l2_grid,
+                               **options)  # fmt: skip
         for layer in range(n_layers):
             mine[layer].append(values[layer])
             probe[layer].append(found[layer].bound)

@@ -20,8 +20,13 @@ def format_mi_table(record: Mapping[str, Any]) -> str:
     head = [
         f"tale analyze mi — model {record['model']} · task {record['task']} "
         f"({record['scoring']}, {record['fewshot']}-shot) · target {record['target']}",
-        f"{record['examples']}; {record['n_pairs']} pairs; H(Y) = "
-        f"{record['label_entropy_bits']:.3f} bits (the most any layer can hold)",
+        f"{record['examples']}, {record['n_questions']} analyzed"
+        + (
+            f" (with {record['options']} options; {record['left_out']} left out)"
+            if record["target"] == "choice"
+            else ""
+        )
+        + f"; H(Y) = {record['label_entropy_bits']:.3f} bits (the most any layer can hold)",
         "",
     ]
     columns = " | ".join(f"{c['label']}: MINE | {c['label']}: probe" for c in configs)
@@ -39,10 +44,15 @@ def format_mi_table(record: Mapping[str, Any]) -> str:
     foot = [
         "",
         f"bits, mean ± sd over {settings['seeds']} seeds; each seed holds out "
-        f"{settings['test_fraction']:.0%} of the questions (all their pairs) and every estimate "
-        "is measured on them. Layer outputs (before the final norm) are standardized and "
-        f"projected on their first {settings['features']} principal components (fitted on the "
-        "training pairs).",
+        f"{settings['test_fraction']:.0%} of the questions and every estimate is measured on "
+        "them. Layer outputs (before the final norm) are standardized and projected on their "
+        f"first {settings['features']} principal components (fitted on the training questions)."
+        + (
+            " Target choice: each option's output scored by one shared function (MINE: T(x, y) "
+            "= g(x_y); probe: conditional logit), compared within the question."
+            if record["target"] == "choice"
+            else ""
+        ),
         f"MINE: statistics network with 2 hidden layers of {mine['hidden']} (ELU), Adam lr "
         f"{mine['lr']}, {mine['steps']} steps of {mine['batch']} pairs, weight decay "
         f"{mine['weight_decay']}, moving-average gradient correction (rate {mine['ema']}), "

@@ -74,9 +74,10 @@ def run_mi(plan: MiPlan) -> dict[str, Any]:
     target = resolve_target(plan.settings.target, evaluator.scoring)
     pairs = build_pairs(prepared, target)
     log.info(
-        "%s on %s: %d questions, %d pairs (target %s), H(Y) = %.3f bits; %d decoder layers",
-        plan.model_name, task.name, len(prepared), len(pairs.sequences), target,
-        pairs.entropy, num_layers,
+        "%s on %s: %d questions (%d left out: not %d options), %d sequences (target %s), "
+        "H(Y) = %.3f bits; %d decoder layers",
+        plan.model_name, task.name, pairs.n_questions, pairs.left_out, pairs.options,
+        len(pairs.sequences), target, pairs.entropy, num_layers,
     )  # fmt: skip
     models = [("full model", DropSet(), tuple(range(num_layers)))]
     if plan.drop:
@@ -110,8 +111,10 @@ def run_mi(plan: MiPlan) -> dict[str, Any]:
         "examples": f"the held-out part of seed {plan.seed} (n_opt {plan.n_opt}): "
         f"{len(prepared)} questions",
         "splits_fingerprint": splits.fingerprint,
-        "n_questions": len(prepared),
-        "n_pairs": len(pairs.sequences),
+        "n_questions": pairs.n_questions,
+        "left_out": pairs.left_out,  # choice: questions with another number of options
+        "options": pairs.options,
+        "n_sequences": len(pairs.sequences),
         "n_classes": pairs.n_classes,
         "label_entropy_bits": pairs.entropy,
         "units": "bits",

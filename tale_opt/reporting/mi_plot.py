@@ -43,8 +43,8 @@ def plot_mi(record: Mapping[str, Any], path: str | Path) -> Path:
     seeds = record["settings"]["seeds"]
     fig.suptitle(
         f"{record['model']} · {record['task']} ({record['scoring']}, target {record['target']}) · "
-        f"{record['n_questions']} questions, {record['n_pairs']} pairs · mean ± sd over {seeds} "
-        "seeds, held-out pairs",
+        f"{record['n_questions']} questions · mean ± sd over {seeds} seeds, on held-out "
+        "questions",
         fontsize=10,
     )
     return save(fig, path)
