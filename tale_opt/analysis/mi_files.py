@@ -41,25 +41,27 @@ def format_mi_table(record: Mapping[str, Any]) -> str:
                 continue
             cells += [_cell(row["mine"]), _cell(row["probe"])]
         lines.append(f"| {layer} | {' | '.join(cells)} |")
+    choice = (
+        " Target choice: X is every option's output, Y the gold option; each option is scored "
+        "by one shared function, compared within the question (MINE: T(x, y) = g(x_y) - "
+        "log sum_j exp g(x_j) + b_y; probe: conditional logit)."
+    )
     foot = [
         "",
         f"bits, mean ± sd over {settings['seeds']} seeds; each seed holds out "
         f"{settings['test_fraction']:.0%} of the questions and every estimate is measured on "
         "them. Layer outputs (before the final norm) are standardized and projected on their "
         f"first {settings['features']} principal components (fitted on the training questions)."
-        + (
-            " Target choice: each option's output scored by one shared function (MINE: T(x, y) "
-            "= g(x_y); probe: conditional logit), compared within the question."
-            if record["target"] == "choice"
-            else ""
-        ),
+        + (choice if record["target"] == "choice" else ""),
         f"MINE: statistics network with 2 hidden layers of {mine['hidden']} (ELU), Adam lr "
-        f"{mine['lr']}, {mine['steps']} steps of {mine['batch']} pairs, weight decay "
+        f"{mine['lr']}, {mine['steps']} steps of {mine['batch']} questions, weight decay "
         f"{mine['weight_decay']}, moving-average gradient correction (rate {mine['ema']}), "
-        f"early stopping on {mine['validation']:.0%} of the training pairs every {mine['check']} "
-        "steps; Donsker-Varadhan bound on the held-out pairs.",
+        f"early stopping on {mine['validation']:.0%} of the training questions every "
+        f"{mine['check']} steps; Donsker-Varadhan bound on the held-out questions.",
         "linear probe: multinomial logistic regression, L2 strength by 5-fold cross-validation "
-        f"over {settings['l2_grid']}; bound H(Y) − cross-entropy on the held-out pairs.",
+        f"over {settings['l2_grid']}; bound H(Y) − cross-entropy on the held-out questions.",
+        "A negative estimate: the fitted function does worse on new questions than the label "
+        "frequencies alone, i.e. nothing found.",
     ]
     return "\n".join(head + lines + foot)
 
