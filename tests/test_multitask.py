@@ -204,6 +204,12 @@ def test_multitask_search_records_per_task_results(model_dir, tmp_path):
     table = (run / "summary.md").read_text()
     assert "| boolq | Final |" in table and "| arc_easy_cloze | Baseline |" in table
     assert "every candidate is scored in full" in proc.stdout + proc.stderr
+    # Commands that read the one task a search ran on refuse it, naming the way out.
+    from tale_opt.commands import analyze, evaluate
+
+    for build in (evaluate.build_plan, analyze.build_plan):
+        with pytest.raises(UsageError, match="is a multi-task search .* drop=\\[...\\]"):
+            build([f"run={run}"])
 
 
 @pytest.mark.slow
