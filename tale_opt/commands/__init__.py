@@ -53,6 +53,7 @@ SUMMARIES = {
     "evaluate": "score a model, a drop set or a search's picks on held-out splits",
     "finetune": "LoRA fine-tuning of a search's pick, a checkpoint or the full model",
     "pipeline": "baseline, TALE, FT and their orders in one table (the paper's Table 1)",
+    "analyze": "mi: mutual information between each layer's output and the answer",
 }
 # What Ctrl-C leaves behind and how to go on, per command (None: the search).
 RESUME = {
