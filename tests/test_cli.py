@@ -343,7 +343,7 @@ def test_help_lists_the_commands_and_each_command_has_help(tmp_path):
     proc = run_cli("--help")
     assert proc.returncode == 0, proc.stderr[-3000:]
     head = proc.stdout.split("== Search ==")[0]
-    for command in ("worker", "export", "bench", "report", "finetune", "pipeline"):
+    for command in ("worker", "export", "bench", "report", "finetune", "pipeline", "analyze"):
         assert f"\n  {command} " in head
     assert "== Configuration groups ==" in proc.stdout  # then Hydra's own help
     for command, usage in (
@@ -351,6 +351,7 @@ def test_help_lists_the_commands_and_each_command_has_help(tmp_path):
         ("finetune", "python -m tale_opt finetune run="),
         ("pipeline", "python -m tale_opt pipeline searcher.max_drop=4"),
         ("export", "usage: python -m tale_opt export"),
+        ("analyze", "python -m tale_opt analyze mi [overrides]"),
     ):
         proc = run_cli(command, "--help")
         assert proc.returncode == 0 and usage in proc.stdout, proc.stdout + proc.stderr

@@ -10,6 +10,7 @@
     evaluate scores a model, a drop set or a search's picks on held-out splits (transfer)
     finetune LoRA fine-tuning of a search's pick, an exported checkpoint or the full model
     pipeline baseline, TALE, FT, TALE → FT, FT → TALE, TALE → FT → TALE: one table
+    analyze  mi: mutual information between each layer's output and the answer (model, pick)
 
 Bad input -- an unknown group choice or key, a missing path, a malformed data file, an
 invalid value, an unwritable run directory -- prints one `error:` line naming the problem and
@@ -40,6 +41,7 @@ SUBCOMMANDS = {
     "evaluate": "tale_opt.commands.evaluate",
     "finetune": "tale_opt.commands.finetune",
     "pipeline": "tale_opt.commands.pipeline",
+    "analyze": "tale_opt.commands.analyze",
 }
 # One line each for `python -m tale_opt --help`, in the order of SUBCOMMANDS.
 SUMMARIES = {
@@ -51,6 +53,7 @@ SUMMARIES = {
     "evaluate": "score a model, a drop set or a search's picks on held-out splits",
     "finetune": "LoRA fine-tuning of a search's pick, a checkpoint or the full model",
     "pipeline": "baseline, TALE, FT and their orders in one table (the paper's Table 1)",
+    "analyze": "mi: mutual information between each layer's output and the answer",
 }
 # What Ctrl-C leaves behind and how to go on, per command (None: the search).
 RESUME = {

@@ -96,6 +96,37 @@ def _searchpath_entries(value: str) -> list[str]:
     return entries
 
 
+def command_flags(
+    argv: Sequence[str], command: str, hint: str
+) -> tuple[list[str], str | None, bool]:
+    """(overrides, ``--config-dir``, ``--cfg``) of a command that composes a config of its own
+    (evaluate, analyze): key=value overrides and those two flags, nothing else.
+
+    Raises:
+        UsageError: Another flag, or ``--config-dir`` without a directory.
+    """
+    overrides: list[str] = []
+    config_dir, show = None, False
+    args = iter(argv)
+    for arg in args:
+        if arg == "--cfg":
+            show = True
+        elif arg in ("--config-dir", "-cd"):
+            config_dir = next(args, None)
+            if config_dir is None:
+                raise UsageError(f"{arg} needs a directory, e.g. {arg} my_conf")
+        elif arg.startswith("--config-dir="):
+            config_dir = arg.partition("=")[2]
+        elif arg.startswith("-"):
+            raise UsageError(
+                f"{command} has no option {arg!r}; it takes key=value overrides, "
+                f"--config-dir=DIR and --cfg ({hint})"
+            )
+        else:
+            overrides.append(arg)
+    return overrides, config_dir, show
+
+
 @contextmanager
 def repository(source: ConfigSource) -> Iterator[Any]:
     """Hydra's config loader over the shipped configs and `source`'s search path."""

@@ -34,6 +34,7 @@ from tale_opt.commands import fail, is_debug
 from tale_opt.commands.config import (
     ConfigSource,
     check_group_choices,
+    command_flags,
     compose,
     group_options,
     repository,
@@ -98,26 +99,7 @@ def evaluate(plan: EvaluationPlan) -> tuple[Path, str]:
 
 def _flags(argv: Sequence[str]) -> tuple[list[str], str | None, bool]:
     """(overrides, --config-dir, --cfg) of a command line."""
-    overrides: list[str] = []
-    config_dir, show = None, False
-    args = iter(argv)
-    for arg in args:
-        if arg == "--cfg":
-            show = True
-        elif arg in ("--config-dir", "-cd"):
-            config_dir = next(args, None)
-            if config_dir is None:
-                raise UsageError(f"{arg} needs a directory, e.g. {arg} my_conf")
-        elif arg.startswith("--config-dir="):
-            config_dir = arg.partition("=")[2]
-        elif arg.startswith("-"):
-            raise UsageError(
-                f"evaluate has no option {arg!r}; it takes key=value overrides, "
-                f"--config-dir=DIR and --cfg ({HINT})"
-            )
-        else:
-            overrides.append(arg)
-    return overrides, config_dir, show
+    return command_flags(argv, "evaluate", HINT)
 
 
 def _source(overrides: Sequence[str], config_dir: str | None = None) -> ConfigSource:
@@ -253,6 +235,7 @@ def _open_runs(cfg: Mapping[str, Any]) -> list[FinishedRun]:
     runs = []
     for directory in dirs:
         run = FinishedRun.open(str(directory))
+        run.require_single_task("evaluate")
         if run.config is None:
             raise UsageError(
                 f"{run.run_dir} has no .hydra/config.yaml, so its task and splits are unknown; "

@@ -105,6 +105,7 @@ def _from_run(cfg: Mapping[str, Any], argv: Sequence[str]) -> dict[str, Any]:
                 f"scoring); drop {arg!r}, or fine-tune without run= to choose it"
             )
     run = FinishedRun.open(cfg["run"])
+    run.require_single_task("finetune")
     if run.config is None:
         raise UsageError(
             f"{run.run_dir} has no .hydra/config.yaml, so its task and splits are unknown; "

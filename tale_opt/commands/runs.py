@@ -116,6 +116,20 @@ class FinishedRun:
             f"or {flag}baseline for the full model"
         )
 
+    def require_single_task(self, command: str) -> None:
+        """Refuse a multi-task search where `command` reads the one task a search ran on.
+
+        Raises:
+            UsageError: The run searched several tasks.
+        """
+        if self.summary.get("tasks"):
+            raise UsageError(
+                f"{self.run_dir} is a multi-task search ({self.summary.get('task')}), but "
+                f"{command} run=... reads one searched task; its summary.json holds each "
+                "task's held-out results, or give the pick's layers as drop=[...] with "
+                "model=... task=NAME"
+            )
+
     @property
     def parent_run_id(self) -> str | None:
         return (self.summary.get("tracking") or {}).get("parent_run_id")

@@ -26,6 +26,13 @@ from tale_opt.commands.config import (
     source_from,
 )
 from tale_opt.commands.launchers import check_launcher, is_job_failure, job_failure
+from tale_opt.commands.tasks import (
+    LABEL_RESOLVER,
+    check_tasks_overrides,
+    expand_tasks,
+    task_label,
+    tasks_compositions,
+)
 from tale_opt.errors import SearchFailed, UsageError
 
 _job_started = False  # set by the task function: errors before it are Hydra's own
@@ -73,6 +80,8 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, fresh_dir, use_cache=True)
+    if not OmegaConf.has_resolver(LABEL_RESOLVER):
+        OmegaConf.register_new_resolver(LABEL_RESOLVER, task_label)
 
 
 def precheck(argv: Sequence[str]) -> None:
@@ -91,6 +100,7 @@ def precheck(argv: Sequence[str]) -> None:
     check_retired_keys(args.overrides)
     check_group_choices(args.overrides, source)
     check_launcher(args.overrides)
+    check_tasks_overrides(args.overrides, source)
     shows = args.cfg or args.help or args.hydra_help or args.info or args.shell_completion
     if shows:
         return
@@ -98,6 +108,8 @@ def precheck(argv: Sequence[str]) -> None:
         check_sweep(args.overrides, source)
     else:
         compose(args.overrides, source)
+        for overrides in tasks_compositions(args.overrides):  # each task of a multi-task search
+            compose(overrides, source)
 
 
 def _hydra_errors(err: Exception) -> UsageError:
@@ -142,6 +154,11 @@ def _search(cfg: Any) -> dict[str, str]:  # the Hydra task function
     mask_hydra_files(hydra_cfg)
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
+        # A multi-task search: each task's config as `task=NAME` composes it in this job.
+        container = expand_tasks(
+            container, hydra_cfg.overrides.task, hydra_cfg.overrides.hydra,
+            hydra_cfg.job.config_name,
+        )  # fmt: skip
         from tale_opt.coordination.console import quiet_optuna
         from tale_opt.pipeline import run
 

@@ -203,6 +203,8 @@ class CandidateEvaluator:
             still match the study's (content hash), only the path may differ.
         task, splits: Already loaded by the caller (the coordinator); loaded here otherwise.
         progress: Show a progress bar per candidate.
+        loaded: ``(model, tokenizer)`` already loaded by the caller (the tasks of a multi-task
+            search share one model); `config`'s model is loaded otherwise.
 
     Raises:
         UsageError: The splits or model files differ from those the study was made with.
@@ -218,32 +220,18 @@ class CandidateEvaluator:
         task: Any = None,
         splits: Any = None,
         progress: bool = False,
+        loaded: tuple[Any, Any] | None = None,
     ) -> None:
         from tale_opt.evaluation.prefix_reuse import PrefixReuse
-        from tale_opt.model.loading import describe_model, load_model
 
         if task is None or splits is None:
             task, splits = load_task_and_splits(config)
         spec = model_spec(config, device, model_path)
         if expected is not None:
-            if splits.fingerprint != expected.get("splits"):
-                raise UsageError(
-                    f"the {task.name} splits drawn here (fingerprint {splits.fingerprint}) are "
-                    f"not the study's ({expected.get('splits')}); this machine's data differs "
-                    "from the coordinator's: install the same data packages/files"
-                )
-            identity, wanted = describe_model(spec), dict(expected.get("model", {}))
-            if model_path is not None:
-                identity["path"] = wanted.get("path")  # moved, but the same files
-            if identity != wanted:
-                raise UsageError(
-                    f"the model files of {spec.path!r} here ({identity}) are not the study's "
-                    f"({wanted}); use the same checkpoint on every machine (model_path=DIR "
-                    "if it lives at another path here)"
-                )
+            check_splits(task, splits, expected.get("splits"))
+            check_model_files(spec, expected, model_path)
         self.task, self.splits = task, splits
-        log.info("loading model %s", spec.path)
-        self.model, self.tokenizer = load_model(spec)
+        self.model, self.tokenizer = loaded if loaded is not None else load_spec(spec)
         self.evaluator = build_evaluator(config, self.model, self.tokenizer, task)
         self.prepared = self.evaluator.prepare(splits.optimization, split="optimization")
         # Across the trials of a round, candidates start from the round base's hidden states.
@@ -348,6 +336,46 @@ class CandidateEvaluator:
             self.model.config, drop, self.prepared, max_new_tokens=self.evaluator.max_new_tokens
         )
         return flops.tflops
+
+
+def load_spec(spec: Any) -> tuple[Any, Any]:
+    from tale_opt.model.loading import load_model
+
+    log.info("loading model %s", spec.path)
+    return load_model(spec)
+
+
+def check_splits(task: Any, splits: Any, expected: Any) -> None:
+    """Refuse splits drawn here that are not the study's (another machine's data).
+
+    Raises:
+        UsageError: The fingerprints differ.
+    """
+    if splits.fingerprint != expected:
+        raise UsageError(
+            f"the {task.name} splits drawn here (fingerprint {splits.fingerprint}) are "
+            f"not the study's ({expected}); this machine's data differs "
+            "from the coordinator's: install the same data packages/files"
+        )
+
+
+def check_model_files(spec: Any, expected: Mapping[str, Any], model_path: str | None) -> None:
+    """Refuse model files here that are not the study's; `model_path` may move them.
+
+    Raises:
+        UsageError: Another checkpoint.
+    """
+    from tale_opt.model.loading import describe_model
+
+    identity, wanted = describe_model(spec), dict(expected.get("model", {}))
+    if model_path is not None:
+        identity["path"] = wanted.get("path")  # moved, but the same files
+    if identity != wanted:
+        raise UsageError(
+            f"the model files of {spec.path!r} here ({identity}) are not the study's "
+            f"({wanted}); use the same checkpoint on every machine (model_path=DIR "
+            "if it lives at another path here)"
+        )
 
 
 def prediction_rows(res: Any) -> list[dict[str, Any]]:

@@ -138,9 +138,13 @@ def _csv_row(obs: Observation, fields: Sequence[str]) -> dict[str, str]:
 
 
 class RunWriter:
-    """Owns the result files of one search in `directory`."""
+    """Owns the result files of one search in `directory`.
 
-    def __init__(self, directory: Path) -> None:
+    `extra_fields`: more `candidate_results.csv` columns, metric keys (a multi-task search's
+    per-task accuracies); a file begun earlier keeps its own columns.
+    """
+
+    def __init__(self, directory: Path, extra_fields: Sequence[str] = ()) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.predictions_dir = self.directory / "predictions"
@@ -148,7 +152,7 @@ class RunWriter:
         # Rows by candidate key, in the order candidates were first recorded. A resumed search
         # (the same command run again) starts from this directory's rows.
         self._rows: dict[str, dict[str, str]] = {}
-        self._fields: tuple[str, ...] = CANDIDATE_FIELDS
+        self._fields: tuple[str, ...] = (*CANDIDATE_FIELDS, *extra_fields)
         if self._csv_path.exists():
             with self._csv_path.open(newline="") as handle:
                 reader = csv.DictReader(handle)

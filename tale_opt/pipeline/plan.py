@@ -28,6 +28,7 @@ from tale_opt.coordination.study import (
     open_study,
 )
 from tale_opt.errors import ConfigValueError, UsageError, did_you_mean
+from tale_opt.pipeline import multitask
 from tale_opt.pipeline.candidates import (
     check_eval_options,
     load_task_and_splits,
@@ -69,6 +70,8 @@ class SearchPlan:
     optuna_storage: Any  # the opened storage: reachable, but no study in it yet
     pruner: PrunerSettings = PrunerSettings()
     study: Any = None  # set by `open_search_study`, once the model has loaded
+    # A multi-task search: its tasks (`multitask.SuiteTask`); `task` and `splits` are None.
+    suite: list[Any] | None = None
 
 
 @dataclass
@@ -107,6 +110,9 @@ def check_config(cfg: Mapping[str, Any]) -> CheckedConfig:
     pruner = PrunerSettings.from_mapping(cfg.get("pruner"))
     config = study_config(cfg)
     check_eval_options(config)
+    if multitask.is_multitask(cfg):
+        pruner = multitask.suite_pruner(pruner)  # refuses racing; exact runs as none
+        config = multitask.suite_study_config(cfg, config)
     return CheckedConfig(seed, workers, threads, lam, storage, latency, config, pruner)
 
 
@@ -133,25 +139,36 @@ def plan_search(cfg: Mapping[str, Any]) -> SearchPlan:
     """
     from tale_opt.model.loading import describe_model
 
+    if multitask.is_multitask(cfg):
+        cfg = multitask.suite_search_config(cfg)
     checked = check_config(cfg)
     config, storage, seed = checked.config, checked.storage, checked.seed
-    task, splits = load_task_and_splits(config)
+    suite = task = splits = None
+    if "tasks" in config:
+        suite = multitask.load_suite(config)
+    else:
+        task, splits = load_task_and_splits(config)
     spec = model_spec(config)
     identity = describe_model(spec)  # config only: a coordinator with workers loads no weights
     num_layers = identity["num_layers"]
     searcher = build_searcher(cfg["searcher"], num_layers)
     check_searcher(checked.pruner, searcher)
     config.update(probe_config(searcher))
-    fingerprint = search_fingerprint(config, identity, task, splits)
+    if suite is None:
+        fingerprint = search_fingerprint(config, identity, task, splits)
+    else:
+        multitask.check_searcher(searcher)
+        fingerprint = multitask.suite_fingerprint(config, identity, suite)
+    label = task.name if suite is None else config["task"]["name"]
     name = cfg.get("study") or default_study_name(
-        [task.name, config["model_name"], searcher.name, f"s{seed}"], fingerprint
+        [label, config["model_name"], searcher.name, f"s{seed}"], fingerprint
     )
     optuna_storage = open_storage(storage)
     check_study(optuna_storage, str(name), fingerprint)
     return SearchPlan(
         cfg, config, task, splits, spec, searcher, num_layers, storage, checked.workers,
         checked.threads, checked.lam, checked.latency, str(name), fingerprint, optuna_storage,
-        checked.pruner,
+        checked.pruner, suite=suite,
     )  # fmt: skip
 
 
@@ -164,10 +181,17 @@ def open_search_study(plan: SearchPlan) -> None:
     """
     plan.study = open_study(plan.optuna_storage, plan.study_name, plan.fingerprint, plan.config)
     name_objective(plan.study, score_probe(plan.searcher))
+    parts = [(plan.task, plan.splits)] if plan.suite is None else [
+        (t.task, t.splits) for t in plan.suite
+    ]  # fmt: skip
+    sizes = "; ".join(
+        f"{task.name}: {len(splits.optimization)} optimization / {len(splits.evaluation)} "
+        "held-out examples"
+        for task, splits in parts
+    )
     log.info(
-        "%s: %d decoder layers; %s: %d optimization / %d held-out examples; study %s in %s",
-        plan.config["model_name"], plan.num_layers, plan.task.name,
-        len(plan.splits.optimization), len(plan.splits.evaluation), plan.study_name,
+        "%s: %d decoder layers; %s; study %s in %s",
+        plan.config["model_name"], plan.num_layers, sizes, plan.study_name,
         plan.storage.describe(),
     )  # fmt: skip
     log.info(

@@ -4,7 +4,8 @@ Receives a plain dict (the CLI resolves Hydra's config first; nothing here impor
 plans the search (`plan.py`: checks, splits, searcher, study; no weights loaded yet) and runs
 the coordinator: candidates are evaluated in this process (`workers=0`) or by spawned local
 workers (`workers=N`) and by any worker that joins from elsewhere. Then Baseline, Best, BSBA
-and the AE-HM pick are evaluated once on the held-out split (`summary.py`), and the result
+and the AE-HM pick are evaluated once on the held-out split (`heldout.py` over `summary.py`;
+a multi-task search (`multitask.py`) on every task's, `multitask_heldout.py`), and the result
 files are written (`outputs.py`, `summary_table.py`, `tracking.py`).
 """
 
@@ -20,7 +21,9 @@ from tale_opt.coordination.coordinator import run_coordinator
 from tale_opt.coordination.local_workers import LocalWorkers
 from tale_opt.coordination.racing import NONE, describe_stop
 from tale_opt.pipeline import worker
-from tale_opt.pipeline.candidates import CandidateEvaluator, build_evaluator
+from tale_opt.pipeline.heldout import heldout_step
+from tale_opt.pipeline.multitask import evaluator_for
+from tale_opt.pipeline.multitask_heldout import log_suite_baseline
 from tale_opt.pipeline.outputs import RunWriter, write_text_atomic
 from tale_opt.pipeline.plan import SearchPlan, open_search_study, plan_search
 from tale_opt.pipeline.progress import RoundProgress
@@ -31,13 +34,8 @@ from tale_opt.pipeline.significance import (
     round_tests,
     task_fewshot,
 )
-from tale_opt.pipeline.summary import (
-    accepted_costs,
-    build_summary,
-    evaluate_heldout,
-    pick_configurations,
-)
-from tale_opt.pipeline.summary_table import describe_probe_text, format_summary_table
+from tale_opt.pipeline.summary import pick_configurations
+from tale_opt.pipeline.summary_table import describe_probe_text
 from tale_opt.pipeline.tracking import SearchTracking
 from tale_opt.reporting.plots import write_search_plots
 from tale_opt.stats import SO_FAR, accuracy_interval, format_accuracy, so_far_interval
@@ -61,10 +59,14 @@ def run(
     plan = plan_search(cfg)
     evaluate = None
     if evaluates_here(plan):  # load the model before anything is recorded: it may not load
+        loaded = {"task": plan.task, "splits": plan.splits}
+        if plan.suite is not None:  # a multi-task search
+            loaded = {"suite": plan.suite}
         # No bar per candidate: the console shows one line per round (`progress.py`).
-        evaluate = CandidateEvaluator(plan.config, task=plan.task, splits=plan.splits)
+        evaluate = evaluator_for(plan.config, **loaded)
     open_search_study(plan)
-    tracking = SearchTracking.start(cfg, launch_dir=launch_dir, study=plan.study_name)
+    # plan.cfg: for a multi-task search, its task names the tasks (`suite_search_config`).
+    tracking = SearchTracking.start(plan.cfg, launch_dir=launch_dir, study=plan.study_name)
     try:
         summary = _run(plan, evaluate, tracking, Path(out_dir), started)
     except KeyboardInterrupt:
@@ -85,27 +87,23 @@ def evaluates_here(plan: SearchPlan) -> bool:
 def _run(
     plan: SearchPlan, evaluate: Any, tracking: SearchTracking, out_dir: Path, started: float
 ) -> dict:
-    heldout_split = None
-    if evaluate is not None:
-        # Tokenized and checked (options, context length) now, not after a long search.
-        heldout_split = evaluate.evaluator.prepare(plan.splits.evaluation, split="held-out")
-    with RunWriter(out_dir) as writer:
+    # The held-out split(s): tokenized and checked (options, context length) now, not after a
+    # long search, where this process holds the model.
+    step = heldout_step(plan, evaluate)
+    with RunWriter(out_dir, extra_fields=step.candidate_fields) as writer:
         loaded = time.perf_counter()
         result = _search(plan, evaluate, writer, tracking)
         searched = time.perf_counter()
         if evaluate is not None:
             evaluate.release_caches()  # before latency and held-out need the memory
-        evaluator = evaluate.evaluator if evaluate is not None else _load_evaluator(plan)
-        prepared = heldout_split
-        if prepared is None:  # the workers evaluated: the model was loaded only now
-            prepared = evaluator.prepare(plan.splits.evaluation, split="held-out")
-        costs = accepted_costs(evaluator, result.trajectory, plan.latency, prepared)
+        step.load()  # the workers evaluated: the model is loaded only now
+        costs = step.costs(result.trajectory, plan.latency)
         picks = pick_configurations(result, plan.num_layers, plan.lam, costs)
         measured = time.perf_counter()
-        heldout = evaluate_heldout(evaluator, prepared, picks, writer)
+        heldout = step.evaluate(picks, writer)
         finished = time.perf_counter()
 
-        summary = build_summary(plan, result, picks, heldout, costs)
+        summary = step.summary(result, picks, heldout, costs)
         summary["study"] = {
             "name": plan.study.study_name,
             "storage": plan.storage.describe(),
@@ -128,7 +126,7 @@ def _run(
             "per_candidate_s": round((searched - loaded) / max(1, len(result.observations)), 3),
         }
         writer.write_summary(summary)
-    table = format_summary_table(summary)
+    table = step.table(summary)
     write_text_atomic(out_dir / "summary.md", table + "\n")
     write_search_plots(out_dir)
     tracking.finish(summary, out_dir)
@@ -157,7 +155,7 @@ def _search(
     elif evaluate is None:
         log.info("coordinator_evaluates=false: waiting for workers to join (command above)")
     searcher = plan.searcher
-    chance = chance_level(plan.task, plan.splits.optimization)
+    chance = chance_level(plan.task, plan.splits.optimization) if plan.suite is None else None
     reported = 1  # accepted configurations whose test is logged (the baseline needs none)
 
     def report_accepted(trajectory: Sequence[Observation]) -> None:
@@ -175,7 +173,10 @@ def _search(
         tracking.log_configuration(obs, curve=trial.intermediate_values)
         if not obs.drop and obs.candidate.probe == TASK_ACCURACY and obs.complete:
             writer.write_predictions("optimization_baseline", obs.extras.get("predictions", []))
-            _log_baseline(obs.metrics, chance, plan.cfg["eval"].get("scoring"), plan.task)
+            if plan.suite is None:
+                _log_baseline(obs.metrics, chance, plan.cfg["eval"].get("scoring"), plan.task)
+            else:
+                log_suite_baseline(plan.suite, obs)
         elif not obs.drop and obs.candidate.probe == PERPLEXITY:
             log.info(
                 "baseline: perplexity %.2f on the probe text (%s), not on the task",
@@ -199,6 +200,7 @@ def _search(
                 lost_after=2 * plan.storage.grace_period,
                 max_retry=plan.storage.max_retry,
                 check_workers=local.check if local is not None else lambda: None,
+                # A multi-task search's pruner is `none` (`multitask.suite_pruner`).
                 early_stop=plan.pruner.name != NONE,
             )
     except BaseException:
@@ -246,11 +248,3 @@ def _log_baseline(
     fewshot = task_fewshot(task)
     for warning in noise_warnings([("optimization", metrics, chance)], scoring, fewshot):
         log.warning("%s", warning)
-
-
-def _load_evaluator(plan: SearchPlan) -> Any:
-    """The workers have left: load the model here, once, for latency and the held-out split."""
-    from tale_opt.model.loading import load_model
-
-    model, tokenizer = load_model(plan.spec)
-    return build_evaluator(plan.config, model, tokenizer, plan.task)

@@ -139,11 +139,18 @@ def with_costs(
     return {**record, **cost, **({HELDOUT: held} if held else {})}
 
 
-def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
-    """summary.json: the search's settings, trajectory and every pick with its held-out metrics."""
-    cfg, task, splits, num_layers = plan.cfg, plan.task, plan.splits, plan.num_layers
+def build_summary(plan: Any, result, picks, heldout, costs, tasks=None) -> dict[str, Any]:
+    """summary.json: the search's settings, trajectory and every pick with its held-out metrics.
+
+    `tasks`: ``(fields, warnings)`` of a multi-task search (`multitask_heldout.suite_fields`);
+    a single-task search's are computed here (`task_fields`).
+    """
+    cfg, num_layers = plan.cfg, plan.num_layers
+    fields, warnings = tasks if tasks is not None else task_fields(plan, result, heldout)
     estimate = layer_count_speedup(num_layers)
-    n_eval = len(splits.evaluation)
+    # Held-out examples the costs' TFLOPs were measured on (a multi-task search: every
+    # task's held-out split, whose TFLOPs its costs add up).
+    n_eval = fields["n_eval"]
     configs = {}
     speedup = _speedup(num_layers, costs)
     for name, obs in picks.items():
@@ -157,7 +164,53 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
             "speedup_source": "measured" if "speedup_measured" in cost else "estimated",
         }
         configs[name] = with_costs(record, cost, n_eval, heldout[name])
-    scoring = cfg["eval"].get("scoring")
+    accuracy_probe = result.baseline.candidate.probe == TASK_ACCURACY
+    return {
+        "model": cfg["model"].get("name", cfg["model"].get("path")),
+        "model_path": cfg["model"].get("path"),
+        "task": fields["task"],
+        "searcher": cfg["searcher"].get("name"),
+        "probe": plan.searcher.probe,  # what ranks the layers
+        "probe_text": plan.searcher.text,  # what a text probe reads (None: no text)
+        # What every `score` below is (one-shot searchers rank by a probe, then score accuracy).
+        "score_probe": result.baseline.candidate.probe,
+        "scoring": fields["scoring"],
+        "seed": cfg["seed"],
+        "num_layers": num_layers,
+        "n_opt": fields["n_opt"],
+        "n_eval": fields["n_eval"],
+        "splits_fingerprint": fields["splits_fingerprint"],
+        "prompt_version": fields["prompt_version"],
+        "epsilon": cfg["searcher"].get("epsilon"),
+        "baseline_accuracy": result.baseline.score,
+        "threshold": result.threshold,
+        "stop_reason": result.stop_reason,
+        "ae_hm_lambda": plan.lam,
+        "trajectory": [
+            with_costs(observation_record(obs), costs.get(obs.drop, {}), n_eval)
+            for obs in result.trajectory
+        ],
+        # 95% Wilson intervals (accuracy_ci_low/high) on every accuracy; paired exact McNemar
+        # tests against the Baseline at this level.
+        "confidence": CONFIDENCE,
+        "alpha": ALPHA,
+        "chance_accuracy": fields["chance_accuracy"],
+        "rounds_vs_baseline": round_tests(result.trajectory) if accuracy_probe else [],
+        "warnings": warnings,
+        **{k: v for k, v in fields.items() if k not in _TASK_FIELDS},  # e.g. multi-task `tasks`
+        **configs,
+    }
+
+
+# What `task_fields` gives every summary; a multi-task search adds its per-task entries.
+_TASK_FIELDS = ("task", "scoring", "n_opt", "n_eval", "splits_fingerprint", "prompt_version",
+                "chance_accuracy")  # fmt: skip
+
+
+def task_fields(plan: Any, result: SearchResult, heldout: Mapping[str, Any]) -> tuple:
+    """The summary fields of a single-task search's task and splits, and its warnings."""
+    task, splits = plan.task, plan.splits
+    scoring = plan.cfg["eval"].get("scoring")
     chance = {
         "optimization": chance_level(task, splits.optimization),
         "heldout": chance_level(task, splits.evaluation),
@@ -172,37 +225,13 @@ def build_summary(plan: Any, result, picks, heldout, costs) -> dict[str, Any]:
         scoring,
         task_fewshot(task),
     ) + heldout_warnings(heldout, len(splits.optimization))  # fmt: skip
-    return {
-        "model": cfg["model"].get("name", cfg["model"].get("path")),
-        "model_path": cfg["model"].get("path"),
+    fields = {
         "task": task.name,
-        "searcher": cfg["searcher"].get("name"),
-        "probe": plan.searcher.probe,  # what ranks the layers
-        "probe_text": plan.searcher.text,  # what a text probe reads (None: no text)
-        # What every `score` below is (one-shot searchers rank by a probe, then score accuracy).
-        "score_probe": result.baseline.candidate.probe,
         "scoring": scoring,
-        "seed": cfg["seed"],
-        "num_layers": num_layers,
         "n_opt": len(splits.optimization),
         "n_eval": len(splits.evaluation),
         "splits_fingerprint": splits.fingerprint,
         "prompt_version": task.prompt_version,
-        "epsilon": cfg["searcher"].get("epsilon"),
-        "baseline_accuracy": result.baseline.score,
-        "threshold": result.threshold,
-        "stop_reason": result.stop_reason,
-        "ae_hm_lambda": plan.lam,
-        "trajectory": [
-            with_costs(observation_record(obs), costs.get(obs.drop, {}), n_eval)
-            for obs in result.trajectory
-        ],
-        # 95% Wilson intervals (accuracy_ci_low/high) on every accuracy; paired exact McNemar
-        # tests against the Baseline at this level.
-        "confidence": CONFIDENCE,
-        "alpha": ALPHA,
         "chance_accuracy": chance,
-        "rounds_vs_baseline": round_tests(result.trajectory) if accuracy_probe else [],
-        "warnings": warnings,
-        **configs,
     }
+    return fields, warnings

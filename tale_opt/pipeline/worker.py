@@ -52,9 +52,9 @@ def run(
         torch.set_num_threads(threads)
     config = StorageConfig.from_mapping(storage)
     found = _wait_for_study(config, study, idle_timeout)
-    from tale_opt.pipeline.candidates import CandidateEvaluator
+    from tale_opt.pipeline.multitask import evaluator_for
 
-    evaluate = CandidateEvaluator(
+    evaluate = evaluator_for(
         found.user_attrs[st.CONFIG],
         expected=found.user_attrs[st.FINGERPRINT],
         device=device,
