@@ -227,9 +227,12 @@ def test_ctrl_c_mid_search_is_one_line_exit_130_and_the_same_command_resumes(
     storage, run_dir = tmp_path / "i.db", tmp_path / "interrupted"
     args = interruptible_args(tiny_model_dir, storage, run_dir, *searcher)
     # Its own process group, as a shell gives a command: Ctrl-C signals the whole group.
+    # SIGINT handled as in a terminal even where pytest itself was started in the background
+    # (`cmd &` in a script ignores SIGINT, and Python then keeps ignoring it in children).
     victim = subprocess.Popen(
         [sys.executable, "-m", "tale_opt", *args], env=cli_env(), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     csv_path = run_dir / "candidate_results.csv"
     deadline = time.monotonic() + 3600  # only against a hang: a slow machine just waits
