@@ -99,6 +99,24 @@ def _record(run_id, seed, n_opt, drop, final, baseline=0.6, *, start=0, **config
     return RunRecord(run_id, None, "FINISHED", start, params, tags, metrics)
 
 
+def test_a_key_a_newer_release_logs_at_its_do_nothing_value_joins_the_older_runs_group():
+    # Seeds 0-1 logged before multi-task search existed; seed 2 logs tasks=null and the
+    # aggregate that only applies with tasks. One ablation, one group; real tasks split it.
+    newer = {"tasks": "null", "multitask.aggregate": "mean", "n_drop": "null"}
+    data = collect(
+        [
+            _record("a", 0, 16, "2", 0.5),
+            _record("b", 1, 16, "3", 0.5),
+            _record("c", 2, 16, "2", 0.5, **newer),
+            _record("d", 3, 16, "2", 0.5, **{**newer, "tasks": '["arc_easy", "boolq"]'}),
+        ]
+    )
+    assert [[r.run_id for c in g.cells for r in c.runs] for g in data.groups] == [
+        ["a", "b", "c"],
+        ["d"],
+    ]
+
+
 def test_collect_groups_by_settings_then_n_opt_and_keeps_the_newest_run_per_seed():
     data = collect(
         [

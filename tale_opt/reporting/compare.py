@@ -104,7 +104,7 @@ class SearchView:
             self.model,
             self.task,
             self.searcher,
-            tuple(sorted(self.settings.items())),
+            tuple(sorted(rec.comparable_settings(self.settings).items())),
             tuple(sorted(self.config.items())),
         )
 
@@ -200,7 +200,9 @@ def search_view(record: Any) -> SearchView:
         trajectory=trajectory,
         status=getattr(record, "status", FINISHED) or FINISHED,
         settings=settings,
-        config={k: v for k, v in sorted(params.items()) if _is_setting(k)},
+        config={
+            k: v for k, v in sorted(rec.comparable_settings(params).items()) if _is_setting(k)
+        },
         start_time=int(getattr(record, "start_time", 0) or 0),
     )
 

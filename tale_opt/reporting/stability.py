@@ -264,7 +264,8 @@ def _is_setting(key: str) -> bool:
 
 def _group_of(record: Any) -> Group:
     tags, params = record.tags, record.params
-    config = {k: v for k, v in sorted(params.items()) if _is_setting(k)}
+    comparable = rec.comparable_settings(params)
+    config = {k: v for k, v in sorted(comparable.items()) if _is_setting(k)}
     settings = {}
     for label, tag, keys in _HEADLINE:
         value = (_first(tags, tag) if tag else None) or _first(params, *keys)
@@ -295,7 +296,8 @@ def collect(records: Iterable[Any]) -> StabilityData:
             group.model,
             group.task,
             group.searcher,
-            tuple(sorted(group.settings.items())),
+            # Shown as logged (n_drop=null), compared as settings (null = not set).
+            tuple(sorted(rec.comparable_settings(group.settings).items())),
             tuple(group.config.items()),
         )
         groups.setdefault(key, group)

@@ -110,6 +110,25 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
     return out
 
 
+# Config keys that only mean something beside another one: without it they change nothing.
+_INERT_WITHOUT = {"multitask.aggregate": "tasks"}
+
+
+def comparable_settings(params: Mapping[str, str]) -> dict[str, str]:
+    """`params` as a run's settings for grouping runs: a key set to null is the same setting
+    as the key missing, and a key inert without its companion (`_INERT_WITHOUT`) is dropped.
+
+    A release that adds a config key logs it at its do-nothing value (``tasks=null``) where an
+    earlier release logged nothing; the runs of one ablation started before and after an
+    upgrade must still group together.
+    """
+    settings = {k: v for k, v in params.items() if v != "null"}
+    for key, companion in _INERT_WITHOUT.items():
+        if companion not in settings:
+            settings.pop(key, None)
+    return settings
+
+
 def search_key(params: Mapping[str, str], ignore: Iterable[str] = WHERE_KEYS) -> str:
     """A stable id of a search from its flattened config, minus the keys in `ignore`.
 
