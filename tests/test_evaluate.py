@@ -42,24 +42,8 @@ def predictions_of(record: dict, row: dict) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, smollm2) -> Path:
-    """A 4-layer random-init Llama with SmolLM2's tokenizer, initialized wide enough (0.2)
-    that dropping a layer changes some answers."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    _, tokenizer = smollm2
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
-        num_key_value_heads=1, vocab_size=len(tokenizer), max_position_embeddings=2048,
-        initializer_range=0.2, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    directory = tmp_path_factory.mktemp("tiny_wide")
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+def model_dir(wide_tiny_model_dir) -> Path:
+    return wide_tiny_model_dir
 
 
 @pytest.fixture(scope="module")
